@@ -1,0 +1,246 @@
+"""Campaign settings: one YAML file validated by typed models.
+
+Every stage reads its own section (`oracle`, `fit`, `gamma`, `akmc`, ...). The defaults describe the built-in
+demo: a Cu adatom on Cu(100), labelled by EMT. A wrong field gives a `ConfigError` naming the file, the field
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SEMVER_RE = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+
+PosFloat = Annotated[float, Field(gt=0)]
+PosInt = Annotated[int, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A campaign file that cannot be used; the message names the file and field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StructureSettings(_Model):
+    """The starting configuration of the aKMC run."""
+
+    kind: Literal["adatom_on_slab", "vacancy_in_bulk", "file"] = Field(
+        "adatom_on_slab", description="how the starting structure is built"
+    )
+    element: str = Field("Cu", description="element of the host crystal")
+    lattice: Literal["fcc", "bcc"] = "fcc"
+    a: PosFloat | None = Field(None, description="lattice constant in Å; None = ASE's reference value")
+    surface: Literal["100", "111", "110"] = Field("100", description="surface facet (adatom_on_slab)")
+    size: tuple[PosInt, PosInt, PosInt] = Field((3, 3, 3), description="repetitions (slab: x, y, layers)")
+    vacuum: PosFloat = Field(10.0, description="vacuum above the slab in Å")
+    fixed_layers: int = Field(1, ge=0, description="bottom slab layers frozen in aKMC")
+    file: Path | None = Field(None, description="structure file read by ASE (kind: file)")
+
+    @model_validator(mode="after")
+    def _file_needed(self) -> StructureSettings:
+        if self.kind == "file" and self.file is None:
+            raise ValueError("kind 'file' needs 'file': a path ASE can read")
+        return self
+
+
+class OracleSettings(_Model):
+    """The reference ("DFT") calculator, by name and parameters."""
+
+    calculator: Literal["emt", "gpaw", "espresso", "vasp"] = Field("emt", description="ASE calculator name")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator")
+    command: str | None = Field(None, description="executable for file-based codes (pw.x, vasp_std)")
+    max_scf_corrections: int = Field(2, ge=0, description="custodian-style SCF retries before failing")
+
+    def settings_hash(self) -> str:
+        """Stable hash of everything that changes the labels: a training set never mixes two of these."""
+        blob = json.dumps(
+            {"calculator": self.calculator, "parameters": self.parameters}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class InitialDataSettings(_Model):
+    """The small starting set labelled before the first fit."""
+
+    n_strained: int = Field(10, ge=0, description="bulk cells under random strain")
+    max_strain: float = Field(0.04, ge=0, le=0.5, description="largest strain component")
+    n_rattled: int = Field(10, ge=0, description="rattled bulk cells")
+    rattle_stdev: float = Field(0.06, ge=0, description="Å")
+    n_vacancy: int = Field(4, ge=0, description="rattled bulk cells with one vacancy")
+    n_surface: int = Field(6, ge=0, description="rattled copies of the campaign's own structure")
+    bulk_size: tuple[PosInt, PosInt, PosInt] = (2, 2, 2)
+    seed: int = 42
+
+
+class FitSettings(_Model):
+    """pacemaker settings (initial fit and upfits)."""
+
+    cutoff: PosFloat = Field(5.0, description="radial cutoff in Å")
+    number_of_functions: PosInt = Field(20, description="ACE functions per element")
+    max_iterations: PosInt = Field(100, description="BFGS iterations of the initial fit")
+    upfit_iterations: PosInt = Field(60, description="BFGS iterations of each upfit")
+    kappa: float = Field(0.3, ge=0, le=1, description="force weight in the loss")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out by pacemaker")
+    tf_threads: PosInt = Field(2, description="TensorFlow intra/inter-op threads")
+    seed: int = 42
+
+
+class GammaSettings(_Model):
+    """Extrapolation grade thresholds (max per-atom gamma of a structure)."""
+
+    threshold: PosFloat = Field(5.0, description="above this the driver stops eOn")
+    select_lower: PosFloat = Field(2.0, description="between this and threshold: recorded, no stop")
+    max_selected: PosInt = Field(4, description="at most this many structures labelled per stop (K)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GammaSettings:
+        if self.select_lower >= self.threshold:
+            raise ValueError("select_lower must be below threshold")
+        return self
+
+
+class EonSettings(_Model):
+    """Where eOn comes from. 'local' is the project's runtime; 'external' is the user's own installation."""
+
+    runtime: Literal["local", "external"] = "local"
+    potential_mode: Literal["inprocess", "ext_pot"] = Field(
+        "inprocess", description="inprocess: our client evaluates ACE itself; ext_pot: via pace_driver.py"
+    )
+    client_path: str | None = Field(None, description="eonclient executable (external runtime)")
+    server_command: list[str] | None = Field(None, description="argv of the eOn server (external runtime)")
+
+
+class AkmcSettings(_Model):
+    """eOn aKMC settings."""
+
+    temperature: PosFloat = Field(300.0, description="K")
+    kmc_steps: PosInt = Field(4, description="KMC steps the campaign must complete")
+    confidence: float = Field(0.9, gt=0, lt=1)
+    num_clients: PosInt = Field(2, description="clients run at once (local communicator)")
+    searches_per_round: PosInt = Field(4, description="process searches per server round")
+    max_rounds: PosInt = Field(200, description="server rounds per aKMC run before giving up")
+    displace_radius: PosFloat = Field(3.3, description="Å around the displaced atom")
+    displace_magnitude: PosFloat = Field(0.1, description="Å")
+    max_iterations: PosInt = Field(8, description="cap on stop/label/retrain cycles")
+    seed: int = 1234
+    eon: EonSettings = Field(default_factory=EonSettings)
+
+
+class ValidationSettings(_Model):
+    """The graduation gate."""
+
+    n_holdout: int = Field(8, ge=0, description="fresh oracle structures held out for validation")
+    max_energy_rmse: PosFloat = Field(10.0, description="meV/atom")
+    max_force_rmse: PosFloat = Field(100.0, description="meV/Å")
+    max_barrier_error: PosFloat = Field(50.0, description="meV, learned vs oracle on the found processes")
+    max_barriers: int = Field(4, ge=0, description="processes whose barriers are checked against the oracle")
+
+
+class PackageSettings(_Model):
+    """Metadata of the released potential."""
+
+    name: str = Field("cu-adatom-ace", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field("1.0.0", pattern=SEMVER_RE, description="SemVer")
+    author: str = "autopipec-fw demo"
+    license: str = Field("CC-BY-4.0", description="SPDX identifier")
+    citation: str = Field(
+        "@misc{autopipec_fw, title = {autopipec-fw: on-the-fly ACE potentials for aKMC}, year = {2026}}",
+        description="BibTeX",
+    )
+    description: str = "ACE potential for Cu surface diffusion, trained on the fly in eOn aKMC"
+
+
+class Campaign(_Model):
+    """A whole campaign: one YAML file."""
+
+    name: str = Field("cu-adatom-demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    workdir: Path | None = Field(None, description="campaign folder; default campaigns/<name> next to the cwd")
+    elements: list[str] = Field(default_factory=lambda: ["Cu"], min_length=1)
+    structure: StructureSettings = Field(default_factory=StructureSettings)
+    oracle: OracleSettings = Field(default_factory=OracleSettings)
+    initial_data: InitialDataSettings = Field(default_factory=InitialDataSettings)
+    fit: FitSettings = Field(default_factory=FitSettings)
+    gamma: GammaSettings = Field(default_factory=GammaSettings)
+    akmc: AkmcSettings = Field(default_factory=AkmcSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    package: PackageSettings = Field(default_factory=PackageSettings)
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, v: list[str]) -> list[str]:
+        from ase.data import atomic_numbers
+
+        bad = [e for e in v if e not in atomic_numbers]
+        if bad:
+            raise ValueError(f"unknown chemical symbol(s) {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _structure_in_elements(self) -> Campaign:
+        if self.structure.kind != "file" and self.structure.element not in self.elements:
+            raise ValueError(f"structure.element {self.structure.element!r} is not in elements {self.elements}")
+        return self
+
+    def resolved_workdir(self, base: Path | None = None) -> Path:
+        base = base or Path.cwd()
+        wd = self.workdir if self.workdir is not None else Path("campaigns") / self.name
+        return (base / wd).resolve() if not wd.is_absolute() else wd
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see the documented campaign fields)"
+    got = err.get("input")
+    shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}"
+
+
+def campaign_from_dict(data: Any, source: str = "<campaign>") -> Campaign:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of campaign fields at the top level, got {type(data).__name__}")
+    try:
+        return Campaign.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid campaign\n  " + "\n  ".join(lines)) from None
+
+
+def load_campaign(path: str | Path | None = None) -> Campaign:
+    """Read and validate a campaign YAML; None gives the built-in demo."""
+    if path is None:
+        return Campaign()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read campaign file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    campaign = campaign_from_dict(data, str(path))
+    # relative paths in the file are relative to the file
+    if campaign.structure.file is not None and not campaign.structure.file.is_absolute():
+        campaign.structure.file = (path.parent / campaign.structure.file).resolve()
+    if campaign.workdir is not None and not campaign.workdir.is_absolute():
+        campaign.workdir = (path.parent / campaign.workdir).resolve()
+    return campaign
