@@ -84,7 +84,9 @@ class StopPolicy:
     max_selected: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.threshold, int | float) and math.isfinite(self.threshold) and self.threshold > 0):
+        if not (
+            isinstance(self.threshold, int | float) and math.isfinite(self.threshold) and self.threshold > 0
+        ):
             raise ValueError(f"threshold must be a positive number, got {self.threshold!r}")
         if self.select_lower is not None:
             if not math.isfinite(self.select_lower) or self.select_lower < 0:
@@ -96,10 +98,12 @@ class StopPolicy:
         if self.max_selected is not None and self.max_selected < 0:
             raise ValueError(f"max_selected must be >= 0, got {self.max_selected!r}")
         self.stop_file = Path(self.stop_file).absolute() if self.stop_file is not None else None
-        self.candidates_dir = Path(self.candidates_dir).absolute() if self.candidates_dir is not None else None
+        self.candidates_dir = (
+            Path(self.candidates_dir).absolute() if self.candidates_dir is not None else None
+        )
 
     def classify(self, max_gamma: float) -> str | None:
-        """"stop", "select" or None for a structure of this grade."""
+        """ "stop", "select" or None for a structure of this grade."""
         if not math.isfinite(max_gamma) or max_gamma > self.threshold:
             return STOP
         if self.select_lower is not None and max_gamma > self.select_lower:
