@@ -1,0 +1,332 @@
+"""ProductionManifest: the metadata of a released potential, written as ``metadata.json``.
+
+The manifest is a pydantic model (typed, with field errors that name the field) and is also checked against
+the JSON schema shipped next to this module (``metadata.schema.json``) whenever it is written or read, so
+that a consumer without our code can validate a bundle with any JSON-schema tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autopipec_fw.config import SEMVER_RE, Campaign
+
+SCHEMA_PATH = Path(__file__).with_name("metadata.schema.json")
+SCHEMA_VERSION = "1.0"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SEMVER = re.compile(SEMVER_RE)
+
+# SPDX identifiers accepted as they are (a practical subset of https://spdx.org/licenses/ for data and
+# software); anything else must be a "LicenseRef-..." identifier. Expressions combine them with AND/OR/WITH.
+SPDX_LICENSES = frozenset(
+    """
+    0BSD AFL-3.0 AGPL-3.0-only AGPL-3.0-or-later Apache-1.1 Apache-2.0 APSL-2.0 Artistic-2.0 BlueOak-1.0.0
+    BSD-1-Clause BSD-2-Clause BSD-2-Clause-Patent BSD-3-Clause BSD-3-Clause-Clear BSD-4-Clause BSL-1.0
+    CC-BY-1.0 CC-BY-2.0 CC-BY-2.5 CC-BY-3.0 CC-BY-4.0 CC-BY-NC-4.0 CC-BY-NC-ND-4.0 CC-BY-NC-SA-4.0
+    CC-BY-ND-4.0 CC-BY-SA-3.0 CC-BY-SA-4.0 CC0-1.0 CDDL-1.0 CDLA-Permissive-1.0 CDLA-Permissive-2.0
+    CDLA-Sharing-1.0 CECILL-2.1 ECL-2.0 EPL-1.0 EPL-2.0 EUPL-1.1 EUPL-1.2 GFDL-1.3-only GFDL-1.3-or-later
+    GPL-2.0-only GPL-2.0-or-later GPL-3.0-only GPL-3.0-or-later ISC LGPL-2.1-only LGPL-2.1-or-later
+    LGPL-3.0-only LGPL-3.0-or-later LPPL-1.3c MIT MIT-0 MPL-1.1 MPL-2.0 MS-PL NCSA ODbL-1.0 ODC-By-1.0
+    OFL-1.1 OSL-3.0 PDDL-1.0 PostgreSQL PSF-2.0 Python-2.0 Unlicense UPL-1.0 W3C WTFPL X11 Zlib ZPL-2.1
+    """.split()
+)
+SPDX_EXCEPTIONS = frozenset({"Classpath-exception-2.0", "LLVM-exception", "GCC-exception-3.1", "OpenJDK-assembly-exception-1.0"})
+_LICENSEREF = re.compile(r"^(DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+$")
+_BIBTEX = re.compile(r"^\s*@[A-Za-z]+\s*\{\s*[^,\s{}]+\s*,.*\}\s*$", re.S)
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the field or file and what was expected."""
+
+
+def check_spdx(expr: str) -> str:
+    """Validate an SPDX license expression (ids from SPDX_LICENSES or LicenseRef-*, AND/OR/WITH, parens)."""
+    tokens = re.findall(r"\(|\)|[^\s()]+", expr)
+    if not tokens:
+        raise ValueError("expected an SPDX license identifier such as 'CC-BY-4.0' or 'MIT'")
+    expect_id, depth, after_with = True, 0, False
+    for t in tokens:
+        if t == "(":
+            if not expect_id:
+                raise ValueError(f"unexpected '(' in license expression {expr!r}")
+            depth += 1
+        elif t == ")":
+            depth -= 1
+            if depth < 0 or expect_id:
+                raise ValueError(f"unbalanced parentheses in license expression {expr!r}")
+        elif t in ("AND", "OR", "WITH"):
+            if expect_id:
+                raise ValueError(f"operator {t} without a license before it in {expr!r}")
+            expect_id, after_with = True, t == "WITH"
+        else:
+            if not expect_id:
+                raise ValueError(f"two licenses without AND/OR between them in {expr!r}")
+            base = t[:-1] if t.endswith("+") else t
+            if after_with:
+                if t not in SPDX_EXCEPTIONS:
+                    raise ValueError(f"{t!r} is not a known SPDX license exception")
+            elif base not in SPDX_LICENSES and not _LICENSEREF.match(t):
+                close = sorted(x for x in SPDX_LICENSES if x.lower() == base.lower())
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"{t!r} is not a known SPDX license identifier{hint}; use an id from https://spdx.org/licenses/ "
+                    "(e.g. 'CC-BY-4.0', 'MIT') or 'LicenseRef-<name>'"
+                )
+            expect_id, after_with = False, False
+    if expect_id or depth != 0:
+        raise ValueError(f"incomplete license expression {expr!r}")
+    return expr
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the stack that made the potential."""
+
+    def dist(name: str) -> str:
+        try:
+            return importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        import importlib
+
+        eon_version = str(importlib.import_module("eon.version").version)
+    except Exception:  # the server may be absent (external runtime) or have no generated version.py
+        eon_version = dist("eon-akmc")
+    import autopipec_fw
+
+    ace = dist("python-ace")
+    return {
+        "autopipec_fw": autopipec_fw.__version__,
+        "pyace": ace,
+        "pacemaker": ace,  # pacemaker is a console script of python-ace
+        "tensorpotential": dist("tensorpotential"),
+        "eon": eon_version,
+        "pyeonclient": dist("pyeonclient"),
+        "ase": dist("ase"),
+        "python": platform.python_version(),
+    }
+
+
+class Limits(BaseModel):
+    """Where the potential may be trusted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    elements: list[str] = Field(min_length=1)
+    cutoff: float = Field(gt=0, description="Å")
+    gamma_threshold: float = Field(gt=0, description="max per-atom extrapolation grade accepted in training")
+    temperature_range: tuple[float, float] = Field(description="K, sampled by aKMC")
+    volume_per_atom_range: tuple[float, float] | None = Field(None, description="Å^3/atom, bulk-like training cells")
+    linear_strain_range: tuple[float, float] | None = Field(None, description="relative to the ideal crystal")
+    min_interatomic_distance: float | None = Field(None, description="Å, shortest distance in the training data")
+
+
+class OracleInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calculator: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    settings_hash: str
+
+
+class ProductionManifest(BaseModel):
+    """Everything a user needs to know about a released potential. Serialised as ``metadata.json``."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    schema_version: str = SCHEMA_VERSION
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
+    version: str = Field(description="SemVer 2.0.0, e.g. 1.0.0")
+    description: str = ""
+    author: str = Field(min_length=1)
+    license: str = Field(description="SPDX license identifier or expression")
+    citation: str = Field(description="BibTeX entry")
+    created: str = Field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    training_set_size: int = Field(ge=0, description="structures in the final training set")
+    generation: int | None = Field(None, ge=0)
+    validation: dict[str, Any] = Field(description="figures of the validation gate")
+    limits: Limits
+    oracle: OracleInfo
+    software: dict[str, str]
+    files: dict[str, str] = Field(default_factory=dict, description="bundle file name -> sha256 (hex)")
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not _SEMVER.match(v):
+            raise ValueError(f"{v!r} is not a SemVer 2.0.0 version (MAJOR.MINOR.PATCH, e.g. '1.0.0' or '1.2.0-rc.1')")
+        return v
+
+    @field_validator("license")
+    @classmethod
+    def _spdx(cls, v: str) -> str:
+        return check_spdx(v)
+
+    @field_validator("citation")
+    @classmethod
+    def _bibtex(cls, v: str) -> str:
+        if not _BIBTEX.match(v) or v.count("{") != v.count("}"):
+            raise ValueError("expected one BibTeX entry such as '@article{key, title = {...}, year = {2026}}'")
+        return v
+
+    @field_validator("created")
+    @classmethod
+    def _iso(cls, v: str) -> str:
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an ISO 8601 date-time") from None
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _hashes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, h in v.items():
+            if "/" in name or "\\" in name or name in ("", ".", ".."):
+                raise ValueError(f"file name {name!r} must be a plain name inside the bundle")
+            if not SHA256_RE.match(h):
+                raise ValueError(f"files[{name!r}]: {h!r} is not a sha256 hex digest")
+        return v
+
+    # -- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, **fields: Any) -> ProductionManifest:
+        """Like the constructor, but a bad field raises `ManifestError` naming the field and the fix."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise ManifestError(_describe(e)) from None
+
+    @classmethod
+    def from_campaign(
+        cls,
+        campaign: Campaign,
+        validation: Any,
+        training_set_size: int,
+        generation: int | None = None,
+        **overrides: Any,
+    ) -> ProductionManifest:
+        """Manifest from the campaign (package metadata, oracle, gamma, fit cutoff) and a `ValidationResult`
+        (metrics, coverage, temperatures). `overrides` replace any field (e.g. version, author)."""
+        cov = dict(getattr(validation, "coverage", {}) or {})
+        temps = list(getattr(validation, "temperatures", []) or [campaign.akmc.temperature])
+        pkg = campaign.package
+        fields: dict[str, Any] = {
+            "name": pkg.name,
+            "version": pkg.version,
+            "description": pkg.description,
+            "author": pkg.author,
+            "license": pkg.license,
+            "citation": pkg.citation,
+            "training_set_size": training_set_size,
+            "generation": generation,
+            "validation": validation.metrics() if hasattr(validation, "metrics") else dict(validation),
+            "limits": {
+                "elements": cov.get("elements") or list(campaign.elements),
+                "cutoff": campaign.fit.cutoff,
+                "gamma_threshold": campaign.gamma.threshold,
+                "temperature_range": (min(temps), max(temps)),
+                "volume_per_atom_range": cov.get("volume_per_atom_range"),
+                "linear_strain_range": cov.get("linear_strain_range"),
+                "min_interatomic_distance": cov.get("min_interatomic_distance"),
+            },
+            "oracle": {
+                "calculator": campaign.oracle.calculator,
+                "parameters": campaign.oracle.parameters,
+                "settings_hash": campaign.oracle.settings_hash(),
+            },
+            "software": software_versions(),
+        }
+        fields.update(overrides)
+        return cls.build(**fields)
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def with_files(self, paths: Iterable[Path]) -> ProductionManifest:
+        """A copy whose `files` holds the sha256 of each path (keyed by its file name)."""
+        files = dict(self.files)
+        for p in paths:
+            files[Path(p).name] = sha256_file(Path(p))
+        return self.model_copy(update={"files": files})
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def write(self, path: Path) -> Path:
+        """Write ``metadata.json`` (validated against the schema first)."""
+        data = self.to_json_dict()
+        validate_metadata(data)
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> ProductionManifest:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{path}: cannot read metadata ({e})") from None
+        validate_metadata(data, source=str(path))
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise ManifestError(f"{path}: " + _describe(e)) from None
+
+    def verify_files(self, folder: Path) -> list[str]:
+        """Names of bundle files whose sha256 differs from the manifest (or that are missing)."""
+        bad = []
+        for name, h in self.files.items():
+            p = Path(folder) / name
+            if not p.is_file() or sha256_file(p) != h:
+                bad.append(name)
+        return bad
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(manifest)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}")
+    return "invalid production manifest: " + "; ".join(lines)
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_metadata(data: Mapping[str, Any], source: str = "metadata.json") -> None:
+    """Check `data` against metadata.schema.json; `ManifestError` names the failing field."""
+    import jsonschema
+
+    validator_cls = jsonschema.validators.validator_for(load_schema())
+    validator = validator_cls(load_schema(), format_checker=validator_cls.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(dict(data)), key=lambda e: list(e.path))
+    if errors:
+        msgs = [f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}" for e in errors]
+        raise ManifestError(f"{source}: does not match {SCHEMA_PATH.name}: " + "; ".join(msgs))

@@ -1,0 +1,641 @@
+"""Validation gate of a graduated potential.
+
+Three questions, each answered against the oracle the campaign trained on:
+
+1. Errors on a held-out set: fresh structures (rattled copies of the campaign's aKMC configuration and
+   strained/rattled bulk, from seeds the initial data never used, plus some saddle points eOn found)
+   labelled by the oracle stage's ``label_structures``; energy RMSE in meV/atom, force RMSE in meV/Å.
+2. Barriers of the processes aKMC found: for each distinct process (up to ``max_barriers``), the learned
+   potential's barrier against the oracle's on the same endpoints. Endpoints (``reactant_<id>.con``,
+   ``product_<id>.con``) are relaxed with each calculator, then a climbing-image NEB whose initial path runs
+   through eOn's saddle (``method="neb"``, used when the oracle is cheap, i.e. EMT), or, for expensive oracles
+   (``method="path"``), oracle single points on the learned CI-NEB images (the oracle's barrier along the
+   learned minimum-energy path).
+3. Coverage: what the training data spans (elements, volume per atom, linear strain against the ideal crystal,
+   shortest interatomic distance), reported as limits of validity.
+
+The gate compares the figures with ``ValidationSettings`` (energy, force, barrier thresholds); a failing
+potential is not packaged and ``ValidationResult.message()`` names every threshold that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ase import Atoms
+
+from autopipec_fw.config import Campaign, OracleSettings
+from autopipec_fw.production.eon_results import ProcessRecord, read_con, read_processes, run_temperature
+
+log = logging.getLogger(__name__)
+
+Labeller = Callable[[list[Atoms], OracleSettings, Path], list[Atoms]]
+CalculatorFactory = Callable[[], Any]
+
+# oracles cheap enough for a full CI-NEB per process
+_CHEAP_ORACLES = {"emt"}
+
+
+class ValidationError(ValueError):
+    """Inputs of the validation that cannot be used (missing potential file, unreadable data)."""
+
+
+class GateFailedError(RuntimeError):
+    """The potential failed the validation gate; nothing is packaged. The message names the thresholds."""
+
+    def __init__(self, result: ValidationResult):
+        self.result = result
+        super().__init__(result.message())
+
+
+@dataclass
+class BarrierRow:
+    """One process: learned vs oracle barrier (eV) on the same endpoints."""
+
+    run: str
+    state: int
+    process: int
+    eon_barrier: float
+    learned_barrier: float
+    oracle_barrier: float
+    method: str
+    converged: bool
+
+    @property
+    def error_meV(self) -> float:
+        return 1000.0 * abs(self.learned_barrier - self.oracle_barrier)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["error_meV"] = self.error_meV
+        return d
+
+
+@dataclass
+class ValidationResult:
+    """Figures of the gate. Energies in meV/atom, forces in meV/Å, barrier errors in meV."""
+
+    passed: bool
+    thresholds: dict[str, float]
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_holdout: int = 0
+    n_holdout_atoms: int = 0
+    energy_rmse: float | None = None
+    energy_mae: float | None = None
+    force_rmse: float | None = None
+    force_mae: float | None = None
+    holdout_max_gamma: float | None = None
+    barriers: list[BarrierRow] = field(default_factory=list)
+    barrier_mae: float | None = None
+    barrier_max_error: float | None = None
+    coverage: dict[str, Any] = field(default_factory=dict)
+    temperatures: list[float] = field(default_factory=list)
+    parity: dict[str, list[float]] = field(default_factory=dict)
+
+    def message(self) -> str:
+        if self.passed:
+            return "validation passed: " + self._figures()
+        return "validation failed: " + "; ".join(self.failures) + " (" + self._figures() + ")"
+
+    def _figures(self) -> str:
+        def f(v: float | None, unit: str) -> str:
+            return "n/a" if v is None else f"{v:.2f} {unit}"
+
+        return (
+            f"energy RMSE {f(self.energy_rmse, 'meV/atom')}, force RMSE {f(self.force_rmse, 'meV/Å')}, "
+            f"barrier max error {f(self.barrier_max_error, 'meV')} over {len(self.barriers)} process(es)"
+        )
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise GateFailedError(self)
+
+    def metrics(self) -> dict[str, Any]:
+        """The small figures (for the manifest and FireWorks stored_data): no parity data."""
+        return {
+            "passed": self.passed,
+            "n_holdout": self.n_holdout,
+            "n_holdout_atoms": self.n_holdout_atoms,
+            "energy_rmse_meV_per_atom": self.energy_rmse,
+            "energy_mae_meV_per_atom": self.energy_mae,
+            "force_rmse_meV_per_A": self.force_rmse,
+            "force_mae_meV_per_A": self.force_mae,
+            "holdout_max_gamma": self.holdout_max_gamma,
+            "n_barriers": len(self.barriers),
+            "barrier_mae_meV": self.barrier_mae,
+            "barrier_max_error_meV": self.barrier_max_error,
+            "thresholds": dict(self.thresholds),
+            "failures": list(self.failures),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["barriers"] = [b.to_dict() for b in self.barriers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidationResult:
+        d = dict(d)
+        rows = []
+        for b in d.pop("barriers", []) or []:
+            b = dict(b)
+            b.pop("error_meV", None)
+            rows.append(BarrierRow(**b))
+        return cls(barriers=rows, **d)
+
+    def write(self, path: Path) -> Path:
+        """JSON (with parity data), written atomically."""
+        path = Path(path)
+        _atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> ValidationResult:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValidationError(f"{path}: not a validation result ({e})") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot serialise {type(o).__name__}")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# potential files and calculators
+# ----------------------------------------------------------------------------------------------------------
+
+
+def generation_files(generation: Any) -> dict[str, Path | None]:
+    """The .yace/.yaml/.asi of a `Generation` (object or its `to_dict()`); .yace is required."""
+    get = generation.get if isinstance(generation, Mapping) else lambda k, d=None: getattr(generation, k, d)
+    files: dict[str, Path | None] = {}
+    for key in ("yace", "yaml", "asi"):
+        v = get(key, None)
+        files[key] = Path(v) if v else None
+    if files["yace"] is None or not files["yace"].is_file():
+        raise ValidationError(f"generation: the .yace file {files['yace']} does not exist")
+    for key in ("yaml", "asi"):
+        if files[key] is not None and not files[key].is_file():
+            raise ValidationError(f"generation: the .{key} file {files[key]} does not exist")
+    return files
+
+
+def ace_calculator_factory(generation: Any, with_gamma: bool = False) -> CalculatorFactory:
+    """Fresh PyACECalculator instances on the generation's potential (yaml + asi when gamma is wanted)."""
+    files = generation_files(generation)
+
+    def make() -> Any:
+        from pyace import PyACECalculator
+
+        if with_gamma and files["yaml"] is not None and files["asi"] is not None:
+            calc = PyACECalculator(str(files["yaml"]))
+            calc.set_active_set(str(files["asi"]))
+            return calc
+        return PyACECalculator(str(files["yace"]))
+
+    return make
+
+
+def oracle_calculator_factory(settings: OracleSettings) -> CalculatorFactory | None:
+    """An in-process ASE calculator of the oracle for NEB, or None when it is too expensive for that."""
+    if settings.calculator == "emt":
+
+        def make() -> Any:
+            from ase.calculators.emt import EMT
+
+            return EMT(**settings.parameters)
+
+        return make
+    return None
+
+
+def default_labeller(structures: list[Atoms], settings: OracleSettings, workdir: Path) -> list[Atoms]:
+    """The oracle stage (one folder per structure, finished results reused)."""
+    from autopipec_fw.oracle.label import label_structures
+
+    return label_structures(structures, settings, workdir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# held-out set
+# ----------------------------------------------------------------------------------------------------------
+
+
+def holdout_structures(campaign: Campaign, n: int, processes: Sequence[ProcessRecord] = (), seed: int = 7919) -> list[Atoms]:
+    """`n` unlabelled structures the training never saw: up to n//4 eOn saddles, half of the rest rattled
+    copies of the campaign's structure, the others strained/rattled bulk, all from seeds offset from the
+    initial data's."""
+    from autopipec_fw.structures import bulk_training_structures, surface_training_structures
+
+    if n <= 0:
+        return []
+    out: list[Atoms] = []
+    for p in list(processes)[: n // 4]:
+        at = read_con(p.saddle)
+        at.set_constraint()
+        at.info["generator"] = "holdout-saddle"
+        out.append(at)
+    rest = n - len(out)
+    n_surface = rest // 2 if campaign.structure.kind != "file" else 0
+    n_bulk = rest - n_surface
+    s = campaign.structure
+    base_seed = campaign.initial_data.seed + seed
+    if n_surface:
+        out += surface_training_structures(s, n=n_surface, rattle_stdev=campaign.initial_data.rattle_stdev, seed=base_seed)
+    if n_bulk:
+        if s.kind == "file":
+            from autopipec_fw.structures import build_structure, rattled
+
+            rng = np.random.default_rng(base_seed)
+            base = build_structure(s)
+            out += [rattled(base, campaign.initial_data.rattle_stdev, rng, movable_only=False) for _ in range(n_bulk)]
+        else:
+            n_str = n_bulk // 2
+            out += bulk_training_structures(
+                s.element,
+                s.lattice,
+                s.a,
+                n_strained=n_str,
+                max_strain=campaign.initial_data.max_strain,
+                n_rattled=n_bulk - n_str,
+                rattle_stdev=campaign.initial_data.rattle_stdev,
+                n_vacancy=0,
+                bulk_size=campaign.initial_data.bulk_size,
+                seed=base_seed,
+            )
+    for at in out:
+        at.info["holdout"] = True
+        if at.cell.rank == 3:
+            at.pbc = True  # pyace needs fully periodic or non-periodic cells
+    return out[:n]
+
+
+def _holdout_errors(labelled: Sequence[Atoms], make_calc: CalculatorFactory) -> dict[str, Any]:
+    calc = make_calc()
+    e_ref, e_pred, f_ref, f_pred, gammas = [], [], [], [], []
+    for at in labelled:
+        if at.calc is None:
+            raise ValidationError("held-out structure came back from the oracle without a result")
+        ref_e = at.get_potential_energy() / len(at)
+        ref_f = at.get_forces()
+        probe = at.copy()
+        probe.calc = calc
+        e_pred.append(probe.get_potential_energy() / len(at))
+        f_pred.append(probe.get_forces())
+        g = calc.results.get("gamma")
+        if g is not None:
+            gammas.append(float(np.max(g)))
+        e_ref.append(ref_e)
+        f_ref.append(ref_f)
+    de = 1000.0 * (np.array(e_pred) - np.array(e_ref))
+    df = 1000.0 * (np.concatenate(f_pred) - np.concatenate(f_ref)).ravel()
+    return {
+        "energy_rmse": float(np.sqrt(np.mean(de**2))),
+        "energy_mae": float(np.mean(np.abs(de))),
+        "force_rmse": float(np.sqrt(np.mean(df**2))),
+        "force_mae": float(np.mean(np.abs(df))),
+        "max_gamma": max(gammas) if gammas else None,
+        "parity": {
+            "energy_ref": [float(x) for x in e_ref],
+            "energy_pred": [float(x) for x in e_pred],
+            "force_ref": [float(x) for x in np.concatenate(f_ref).ravel()],
+            "force_pred": [float(x) for x in np.concatenate(f_pred).ravel()],
+        },
+        "n_atoms": int(sum(len(a) for a in labelled)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# barriers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def distinct_processes(processes: Sequence[ProcessRecord], limit: int, tol: float = 0.005) -> list[ProcessRecord]:
+    """Lowest-barrier processes first, symmetry-equivalent ones dropped (same eOn barrier and same
+    reaction energy within `tol` eV), at most `limit`."""
+    chosen: list[ProcessRecord] = []
+    keys: list[tuple[float, float]] = []
+    for p in sorted(processes, key=lambda p: (p.barrier, p.state, p.process)):
+        if len(chosen) >= limit:
+            break
+        dE = p.product_energy - (p.saddle_energy - p.barrier)
+        if any(abs(p.barrier - b) < tol and abs(dE - d) < tol for b, d in keys):
+            continue
+        keys.append((p.barrier, dE))
+        chosen.append(p)
+    return chosen
+
+
+def _relax(atoms: Atoms, calc: Any, fmax: float, steps: int) -> bool:
+    from ase.optimize import FIRE
+
+    atoms.calc = calc
+    opt = FIRE(atoms, logfile=None)
+    return bool(opt.run(fmax=fmax, steps=steps))
+
+
+def neb_path(
+    reactant: Atoms,
+    saddle: Atoms,
+    product: Atoms,
+    make_calc: CalculatorFactory,
+    n_images: int = 3,
+    fmax: float = 0.05,
+    steps: int = 400,
+) -> tuple[list[Atoms], bool]:
+    """Climbing-image NEB: endpoints relaxed with the calculator, the initial path through `saddle`.
+
+    Returns the images (endpoints included, each with its calculator) and whether it converged.
+    """
+    from ase.mep import NEB
+    from ase.optimize import FIRE
+
+    r, p = reactant.copy(), product.copy()
+    ok_r = _relax(r, make_calc(), fmax, steps)
+    ok_p = _relax(p, make_calc(), fmax, steps)
+    n_side = max(1, (n_images - 1) // 2)
+    first = [r] + [r.copy() for _ in range(n_side)] + [saddle.copy()]
+    second = [first[-1]] + [saddle.copy() for _ in range(n_side)] + [p]
+    NEB(first, method="improvedtangent").interpolate(mic=True, apply_constraint=False)
+    NEB(second, method="improvedtangent").interpolate(mic=True, apply_constraint=False)
+    images = first + second[1:]
+    for im in images[1:-1]:
+        im.calc = make_calc()
+    neb = NEB(images, climb=True, method="improvedtangent")
+    ok = bool(FIRE(neb, logfile=None).run(fmax=fmax, steps=steps))
+    return images, ok and ok_r and ok_p
+
+
+def process_barriers(
+    process: ProcessRecord,
+    learned: CalculatorFactory,
+    oracle: CalculatorFactory | None,
+    settings: OracleSettings,
+    workdir: Path,
+    labeller: Labeller,
+    method: Literal["neb", "path"],
+    n_images: int = 3,
+    fmax: float = 0.05,
+) -> BarrierRow:
+    reactant = read_con(process.reactant)
+    saddle = read_con(process.saddle)
+    product = read_con(process.product)
+    images, ok_l = neb_path(reactant, saddle, product, learned, n_images=n_images, fmax=fmax)
+    e_l = [im.get_potential_energy() for im in images]
+    learned_barrier = max(e_l[1:-1] + [e_l[-1]]) - e_l[0]
+    if method == "neb":
+        if oracle is None:
+            raise ValidationError(f"oracle {settings.calculator!r} has no in-process calculator for NEB")
+        o_images, ok_o = neb_path(reactant, saddle, product, oracle, n_images=n_images, fmax=fmax)
+        e_o = [im.get_potential_energy() for im in o_images]
+        oracle_barrier = max(e_o[1:-1] + [e_o[-1]]) - e_o[0]
+        ok = ok_l and ok_o
+    else:
+        plain = []
+        for im in images:
+            c = im.copy()
+            c.set_constraint()
+            c.info["validation"] = f"barrier path state {process.state} process {process.process}"
+            plain.append(c)
+        labelled = labeller(plain, settings, workdir)
+        e_o = [a.get_potential_energy() for a in labelled]
+        oracle_barrier = max(e_o[1:-1] + [e_o[-1]]) - e_o[0]
+        ok = ok_l
+    return BarrierRow(
+        run=str(process.run_dir),
+        state=process.state,
+        process=process.process,
+        eon_barrier=process.barrier,
+        learned_barrier=float(learned_barrier),
+        oracle_barrier=float(oracle_barrier),
+        method=method,
+        converged=ok,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# coverage
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _reference_volume(campaign: Campaign) -> float | None:
+    from ase.build import bulk
+
+    from autopipec_fw.structures import lattice_constant
+
+    s = campaign.structure
+    try:
+        a = lattice_constant(s.element, s.lattice, s.a)
+    except ValueError:
+        return None
+    ref = bulk(s.element, s.lattice, a=a, cubic=True)
+    return float(ref.get_volume() / len(ref))
+
+
+def training_coverage(structures: Sequence[Atoms], campaign: Campaign) -> dict[str, Any]:
+    """What the training data spans. Volume and strain count only bulk-like cells (fully periodic, no vacuum
+    gap: density within 30 % of the ideal crystal); the shortest distance counts every structure."""
+    from ase.neighborlist import neighbor_list
+
+    elements: set[str] = set()
+    volumes: list[float] = []
+    dmin = math.inf
+    n_atoms = 0
+    v0 = _reference_volume(campaign)
+    for at in structures:
+        elements.update(at.get_chemical_symbols())
+        n_atoms += len(at)
+        if at.cell.rank == 3 and all(at.pbc):
+            v = float(at.get_volume() / len(at))
+            if v0 is None or v < 1.3 * v0:
+                volumes.append(v)
+        d = neighbor_list("d", at, cutoff=campaign.fit.cutoff)
+        if len(d):
+            dmin = min(dmin, float(d.min()))
+    cov: dict[str, Any] = {
+        "n_structures": len(structures),
+        "n_atoms": n_atoms,
+        "elements": sorted(elements),
+        "cutoff": campaign.fit.cutoff,
+        "min_interatomic_distance": None if math.isinf(dmin) else dmin,
+        "volume_per_atom_range": [float(min(volumes)), float(max(volumes))] if volumes else None,
+        "reference_volume_per_atom": v0,
+        "linear_strain_range": None,
+    }
+    if volumes and v0:
+        cov["linear_strain_range"] = [float((min(volumes) / v0) ** (1 / 3) - 1), float((max(volumes) / v0) ** (1 / 3) - 1)]
+    return cov
+
+
+def read_training_structures(path: Path) -> list[Atoms]:
+    """Structures of a pacemaker DataFrame (gzip pickle with an `ase_atoms` column)."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        df = pd.read_pickle(path, compression="gzip" if path.suffix in (".gz", ".gzip") else "infer")
+    except Exception as e:  # pandas/pickle raise many kinds for a bad file
+        raise ValidationError(f"{path}: not a pacemaker training set ({type(e).__name__}: {e})") from None
+    if "ase_atoms" not in getattr(df, "columns", []):
+        raise ValidationError(f"{path}: training set has no 'ase_atoms' column")
+    return list(df["ase_atoms"])
+
+
+def _find_training_data(generation: Any) -> Path | None:
+    get = generation.get if isinstance(generation, Mapping) else lambda k, d=None: getattr(generation, k, d)
+    d = get("dir", None)
+    if d is None and get("yace", None):
+        d = Path(get("yace")).parent
+    if d is None:
+        return None
+    for name in ("fitting_data_info.pckl.gzip", "training_set.pckl.gzip"):
+        if (Path(d) / name).is_file():
+            return Path(d) / name
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the gate
+# ----------------------------------------------------------------------------------------------------------
+
+
+def validate_potential(
+    generation: Any,
+    campaign: Campaign,
+    workdir: Path,
+    eon_run_dirs: Sequence[Path] = (),
+    *,
+    training_data: Path | None = None,
+    labeller: Labeller | None = None,
+    barrier_method: Literal["auto", "neb", "path"] = "auto",
+    n_images: int = 3,
+    fmax: float = 0.05,
+) -> ValidationResult:
+    """Validate `generation` (a training `Generation` or its dict) against the campaign's oracle and gate.
+
+    - `workdir`: folder for the oracle's held-out labels (``holdout/``), barrier paths (``barriers/``) and
+      ``validation.json``; rerunning reuses finished oracle results.
+    - `eon_run_dirs`: aKMC run folders whose processes are checked (empty: no barrier check).
+    - `training_data`: the pacemaker DataFrame for the coverage figures; default: the generation folder's
+      ``fitting_data_info.pckl.gzip`` if present.
+    - `labeller`: the oracle stage (default ``autopipec_fw.oracle.label.label_structures``).
+    - `barrier_method`: ``neb`` (CI-NEB with the oracle), ``path`` (oracle single points on the learned path);
+      ``auto`` = ``neb`` for EMT, else ``path``.
+    """
+    vs = campaign.validation
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    labeller = labeller or default_labeller
+    learned = ace_calculator_factory(generation)
+    with_gamma = ace_calculator_factory(generation, with_gamma=True)
+    thresholds = {
+        "max_energy_rmse": vs.max_energy_rmse,
+        "max_force_rmse": vs.max_force_rmse,
+        "max_barrier_error": vs.max_barrier_error,
+    }
+    result = ValidationResult(passed=False, thresholds=thresholds)
+
+    processes: list[ProcessRecord] = []
+    temps: list[float] = []
+    for rd in eon_run_dirs:
+        processes += read_processes(Path(rd))
+        t = run_temperature(Path(rd))
+        temps.append(t if t is not None else campaign.akmc.temperature)
+    result.temperatures = sorted(set(temps)) or [campaign.akmc.temperature]
+
+    # 1. held-out errors
+    holdout = holdout_structures(campaign, vs.n_holdout, distinct_processes(processes, len(processes)))
+    if holdout:
+        labelled = labeller(holdout, campaign.oracle, workdir / "holdout")
+        if len(labelled) != len(holdout):
+            raise ValidationError(f"oracle returned {len(labelled)} results for {len(holdout)} held-out structures")
+        errs = _holdout_errors(labelled, with_gamma)
+        result.n_holdout = len(labelled)
+        result.n_holdout_atoms = errs["n_atoms"]
+        result.energy_rmse, result.energy_mae = errs["energy_rmse"], errs["energy_mae"]
+        result.force_rmse, result.force_mae = errs["force_rmse"], errs["force_mae"]
+        result.holdout_max_gamma = errs["max_gamma"]
+        result.parity = errs["parity"]
+    else:
+        result.notes.append("validation.n_holdout is 0: no held-out errors computed")
+
+    # 2. barriers
+    if barrier_method == "auto":
+        method: Literal["neb", "path"] = "neb" if campaign.oracle.calculator in _CHEAP_ORACLES else "path"
+    else:
+        method = barrier_method
+    oracle = oracle_calculator_factory(campaign.oracle) if method == "neb" else None
+    chosen = distinct_processes(processes, vs.max_barriers)
+    for p in chosen:
+        row = process_barriers(
+            p, learned, oracle, campaign.oracle, workdir / "barriers", labeller, method, n_images=n_images, fmax=fmax
+        )
+        log.info(
+            "state %d process %d: learned %.3f eV, oracle %.3f eV (%s)",
+            p.state, p.process, row.learned_barrier, row.oracle_barrier, method,
+        )
+        if not row.converged:
+            result.notes.append(f"NEB of state {p.state} process {p.process} did not fully converge")
+        result.barriers.append(row)
+    if result.barriers:
+        errs_b = [b.error_meV for b in result.barriers]
+        result.barrier_mae = float(np.mean(errs_b))
+        result.barrier_max_error = float(np.max(errs_b))
+    elif eon_run_dirs and vs.max_barriers > 0:
+        result.notes.append("no aKMC process with complete procdata found: barriers not checked")
+    elif not eon_run_dirs:
+        result.notes.append("no eOn run folder given: barriers not checked")
+
+    # 3. coverage
+    tdata = training_data or _find_training_data(generation)
+    if tdata is not None:
+        result.coverage = training_coverage(read_training_structures(tdata), campaign)
+    else:
+        result.notes.append("training data not found: coverage limited to the campaign settings")
+        result.coverage = {"elements": list(campaign.elements), "cutoff": campaign.fit.cutoff}
+
+    # the gate
+    def check(value: float | None, limit: float, what: str, field_name: str, unit: str) -> None:
+        if value is None:
+            return
+        if not math.isfinite(value) or value > limit:
+            result.failures.append(
+                f"{what} {value:.2f} {unit} exceeds validation.{field_name} = {limit:g} {unit}"
+            )
+
+    check(result.energy_rmse, vs.max_energy_rmse, "energy RMSE", "max_energy_rmse", "meV/atom")
+    check(result.force_rmse, vs.max_force_rmse, "force RMSE", "max_force_rmse", "meV/Å")
+    check(result.barrier_max_error, vs.max_barrier_error, "barrier error", "max_barrier_error", "meV")
+    result.passed = not result.failures
+    result.write(workdir / "validation.json")
+    log.info("%s", result.message())
+    return result
