@@ -225,24 +225,24 @@ def ace_calculator_factory(generation: Any, with_gamma: bool = False) -> Calcula
     return make
 
 
-def oracle_calculator_factory(settings: OracleSettings) -> CalculatorFactory | None:
+def oracle_calculator_factory(settings: OracleSettings, directory: Path, symbols: set[str]) -> CalculatorFactory | None:
     """An in-process ASE calculator of the oracle for NEB, or None when it is too expensive for that."""
-    if settings.calculator == "emt":
+    if settings.calculator not in _CHEAP_ORACLES:
+        return None
 
-        def make() -> Any:
-            from ase.calculators.emt import EMT
+    def make() -> Any:
+        from autopipec_fw.oracle.calculators import make_calculator
 
-            return EMT(**settings.parameters)
+        return make_calculator(settings, directory, symbols)
 
-        return make
-    return None
+    return make
 
 
 def default_labeller(structures: list[Atoms], settings: OracleSettings, workdir: Path) -> list[Atoms]:
     """The oracle stage (one folder per structure, finished results reused)."""
     from autopipec_fw.oracle.label import label_structures
 
-    return label_structures(structures, settings, workdir)
+    return label_structures(structures, settings, workdir, source="validation")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,13 +299,19 @@ def holdout_structures(campaign: Campaign, n: int, processes: Sequence[ProcessRe
     return out[:n]
 
 
-def _holdout_errors(labelled: Sequence[Atoms], make_calc: CalculatorFactory) -> dict[str, Any]:
+def _holdout_errors(
+    labelled: Sequence[Atoms], make_calc: CalculatorFactory, reference_energies: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Per-atom energy and force-component errors. The potential predicts energies relative to the training
+    set's per-element reference energies, so those are subtracted from the oracle's energies."""
+    refs = dict(reference_energies or {})
     calc = make_calc()
     e_ref, e_pred, f_ref, f_pred, gammas = [], [], [], [], []
     for at in labelled:
         if at.calc is None:
             raise ValidationError("held-out structure came back from the oracle without a result")
-        ref_e = at.get_potential_energy() / len(at)
+        shift = sum(refs.get(sym, 0.0) for sym in at.get_chemical_symbols())
+        ref_e = (at.get_potential_energy() - shift) / len(at)
         ref_f = at.get_forces()
         probe = at.copy()
         probe.calc = calc
@@ -510,14 +516,23 @@ def read_training_structures(path: Path) -> list[Atoms]:
     return list(df["ase_atoms"])
 
 
+def _generation_metrics(generation: Any) -> dict[str, Any]:
+    m = generation.get("metrics") if isinstance(generation, Mapping) else getattr(generation, "metrics", None)
+    return dict(m or {})
+
+
 def _find_training_data(generation: Any) -> Path | None:
+    """The generation's training set: `metrics["dataset"]` (the campaign's store), else the copy in its folder."""
+    ds = _generation_metrics(generation).get("dataset")
+    if ds and Path(ds).is_file():
+        return Path(ds)
     get = generation.get if isinstance(generation, Mapping) else lambda k, d=None: getattr(generation, k, d)
     d = get("dir", None)
     if d is None and get("yace", None):
         d = Path(get("yace")).parent
     if d is None:
         return None
-    for name in ("fitting_data_info.pckl.gzip", "training_set.pckl.gzip"):
+    for name in ("training_data.pckl.gzip", "fitting_data_info.pckl.gzip"):
         if (Path(d) / name).is_file():
             return Path(d) / name
     return None
@@ -578,7 +593,7 @@ def validate_potential(
         labelled = labeller(holdout, campaign.oracle, workdir / "holdout")
         if len(labelled) != len(holdout):
             raise ValidationError(f"oracle returned {len(labelled)} results for {len(holdout)} held-out structures")
-        errs = _holdout_errors(labelled, with_gamma)
+        errs = _holdout_errors(labelled, with_gamma, _generation_metrics(generation).get("reference_energies"))
         result.n_holdout = len(labelled)
         result.n_holdout_atoms = errs["n_atoms"]
         result.energy_rmse, result.energy_mae = errs["energy_rmse"], errs["energy_mae"]
@@ -593,7 +608,16 @@ def validate_potential(
         method: Literal["neb", "path"] = "neb" if campaign.oracle.calculator in _CHEAP_ORACLES else "path"
     else:
         method = barrier_method
-    oracle = oracle_calculator_factory(campaign.oracle) if method == "neb" else None
+    oracle = (
+        oracle_calculator_factory(campaign.oracle, workdir / "barriers" / "neb", set(campaign.elements))
+        if method == "neb"
+        else None
+    )
+    if method == "neb" and oracle is None:
+        raise ValidationError(
+            f"barrier_method 'neb' needs an in-process oracle ({sorted(_CHEAP_ORACLES)}); "
+            f"oracle.calculator is {campaign.oracle.calculator!r}: use barrier_method 'path'"
+        )
     chosen = distinct_processes(processes, vs.max_barriers)
     for p in chosen:
         row = process_barriers(

@@ -29,7 +29,7 @@ from ase.io import write
 from ase.mep import NEB
 from ase.optimize import FIRE
 
-PROCESSTABLE_HEADER = "%7s %16s %11s %9s %16s %17s %8s %12s %7s\n" % (
+PROCESSTABLE_HEADER = "%7s %16s %11s %9s %16s %17s %8s %12s %7s\n" % (  # noqa: UP031 (eOn's own format)
     "proc #", "saddle energy", "prefactor", "product", "product energy", "product prefactor", "barrier", "rate",
     "repeats",
 )
@@ -113,10 +113,10 @@ def build_eon_run(run_dir: Path, temperature: float = 300.0) -> dict:
                 time += dt
                 dyn_lines.append((len(dyn_lines), state, pid, nxt, dt, time, barrier, rate, er))
         (sd / "processtable").write_text(table)
-    header = "%12s  %12s  %12s  %12s  %12s  %12s  %12s  %12s  %12s\n" % (
+    header = "%12s  %12s  %12s  %12s  %12s  %12s  %12s  %12s  %12s\n" % (  # noqa: UP031
         "step-number", "reactant-id", "process-id", "product-id", "step-time", "total-time", "barrier", "rate",
         "energy",
     )
-    body = "".join("%12d  %12d  %12d  %12d  %12e  %12e  %12f  %12e  %12f\n" % ln for ln in dyn_lines)
+    body = "".join("%12d  %12d  %12d  %12d  %12e  %12e  %12f  %12e  %12f\n" % ln for ln in dyn_lines)  # noqa: UP031
     (run_dir / "dynamics.txt").write_text(header + "-" * len(header) + "\n" + body)
     return {"processes": procs, "reactant_energy": e0}
