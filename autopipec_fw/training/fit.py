@@ -1,0 +1,364 @@
+"""Fit stage: pacemaker fit and upfits, one generation folder each (gen_000, gen_001, ...).
+
+A generation folder holds `input.yaml`, the training-data snapshot it was fitted on, pacemaker's own
+outputs (log.txt, *_pred.pckl.gzip, fitting_data_info.pckl.gzip), `potential.yaml` (B-basis: energies,
+forces and gamma), `potential.yace`, `potential.asi` (active set) and `generation.json` (metrics, provenance).
+It is built under a temporary name and renamed when complete: a folder named gen_NNN is always whole, and
+nothing is ever overwritten. External programs run with argument lists and bounded TensorFlow threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from autopipec_fw.config import FitSettings
+from autopipec_fw.training.dataset import TrainingSet
+from autopipec_fw.training.locking import atomic_write_text, file_lock
+
+log = logging.getLogger(__name__)
+
+GEN_RE = re.compile(r"^gen_(\d{3,})$")
+DATA_FILE = "training_data.pckl.gzip"
+POTENTIAL_YAML = "potential.yaml"
+POTENTIAL_YACE = "potential.yace"
+POTENTIAL_ASI = "potential.asi"
+GENERATION_JSON = "generation.json"
+
+
+class FitError(RuntimeError):
+    """A fit that could not produce a generation; the message names the folder and the log to read."""
+
+
+@dataclass
+class Generation:
+    """One fitted potential: its folder and files, and pacemaker's metrics (meV/atom, meV/Å)."""
+
+    index: int
+    dir: Path
+    yaml: Path
+    yace: Path
+    asi: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"gen_{self.index:03d}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("dir", "yaml", "yace", "asi"):
+            d[k] = str(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Generation:
+        return cls(
+            index=int(d["index"]),
+            dir=Path(d["dir"]),
+            yaml=Path(d["yaml"]),
+            yace=Path(d["yace"]),
+            asi=Path(d["asi"]),
+            metrics=dict(d.get("metrics") or {}),
+        )
+
+    @classmethod
+    def load(cls, gen_dir: Path) -> Generation:
+        """Read `generation.json` of a generation folder (paths re-anchored to where the folder is now)."""
+        gen_dir = Path(gen_dir).resolve()
+        f = gen_dir / GENERATION_JSON
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise FitError(f"{f}: not a readable generation record ({e})") from None
+        d.update(
+            dir=str(gen_dir),
+            yaml=str(gen_dir / POTENTIAL_YAML),
+            yace=str(gen_dir / POTENTIAL_YACE),
+            asi=str(gen_dir / POTENTIAL_ASI),
+        )
+        return cls.from_dict(d)
+
+
+def generation_dirs(generations_root: Path) -> list[tuple[int, Path]]:
+    root = Path(generations_root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = GEN_RE.match(p.name)
+        if m and p.is_dir() and (p / GENERATION_JSON).exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_generation(generations_root: Path) -> Generation | None:
+    """The complete generation with the highest index, or None."""
+    dirs = generation_dirs(generations_root)
+    return Generation.load(dirs[-1][1]) if dirs else None
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def tool_path(name: str) -> str:
+    """A pyace console script: next to the running interpreter first (the venv), then PATH."""
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return str(cand)
+    found = shutil.which(name)
+    if found is None:
+        raise FitError(f"{name}: not found next to {sys.executable} nor on PATH (install python-ace)")
+    return found
+
+
+def tool_env(threads: int) -> dict[str, str]:
+    """Environment for pacemaker & co: bounded TensorFlow/BLAS threads, no GPU probing, quiet TF."""
+    env = dict(os.environ)
+    n = str(int(threads))
+    env.update(
+        {
+            "TF_NUM_INTRAOP_THREADS": n,
+            "TF_NUM_INTEROP_THREADS": n,
+            "OMP_NUM_THREADS": n,
+            "OPENBLAS_NUM_THREADS": n,
+            "MKL_NUM_THREADS": n,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "CUDA_VISIBLE_DEVICES": "",
+            "MPLBACKEND": "Agg",
+        }
+    )
+    return env
+
+
+def run_tool(argv: list[str], cwd: Path, threads: int, log_name: str, timeout: float | None = None) -> None:
+    """Run a console script in `cwd`, output appended to `cwd/log_name`; a non-zero exit is a FitError."""
+    logf = Path(cwd) / log_name
+    with open(logf, "ab") as out:
+        out.write(f"$ {' '.join(argv)}\n".encode())
+        out.flush()
+        try:
+            proc = subprocess.run(  # noqa: S603 - argument list, no shell
+                argv, cwd=cwd, env=tool_env(threads), stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise FitError(f"{cwd}: {Path(argv[0]).name} timed out after {timeout} s; see {logf}") from None
+    if proc.returncode != 0:
+        tail = logf.read_text(errors="replace").strip().splitlines()[-8:]
+        raise FitError(
+            f"{cwd}: {Path(argv[0]).name} exited with code {proc.returncode}; see {logf}\n  " + "\n  ".join(tail)
+        )
+
+
+def pacemaker_input(
+    settings: FitSettings,
+    elements: list[str],
+    data_file: str,
+    n_structures: int,
+    upfit: bool,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """pacemaker's input.yaml (as a dict) from the campaign's fit settings."""
+    data: dict[str, Any] = {"filename": data_file}
+    n_test = int(n_structures * settings.test_fraction)
+    if settings.test_fraction > 0 and n_test >= 1:
+        data["test_size"] = settings.test_fraction
+    return {
+        "seed": settings.seed,
+        "metadata": {"origin": "autopipec-fw", **{k: str(v) for k, v in (metadata or {}).items()}},
+        "potential": {
+            "deltaSplineBins": 0.001,
+            "elements": sorted(elements),
+            "embeddings": {
+                "ALL": {"npot": "FinnisSinclairShiftedScaled", "fs_parameters": [1, 1, 1, 0.5], "ndensity": 2}
+            },
+            "bonds": {
+                "ALL": {
+                    "radbase": "SBessel",
+                    "radparameters": [5.25],
+                    "rcut": float(settings.cutoff),
+                    "dcut": 0.01,
+                    "NameOfCutoffFunction": "cos",
+                }
+            },
+            "functions": {
+                "number_of_functions_per_element": int(settings.number_of_functions),
+                "UNARY": {"nradmax_by_orders": [15, 6, 4, 3, 2, 2], "lmax_by_orders": [0, 3, 3, 2, 2, 1]},
+                "BINARY": {"nradmax_by_orders": [15, 6, 3, 2, 2, 1], "lmax_by_orders": [0, 3, 2, 1, 1, 0]},
+                "TERNARY": {"nradmax_by_orders": [15, 3, 3, 2, 1], "lmax_by_orders": [0, 2, 2, 1, 1]},
+                "ALL": {"nradmax_by_orders": [15, 3, 2, 1, 1], "lmax_by_orders": [0, 2, 2, 1, 1]},
+            },
+        },
+        "data": data,
+        "fit": {
+            "loss": {"kappa": float(settings.kappa), "L1_coeffs": 1e-8, "L2_coeffs": 1e-8},
+            "optimizer": "BFGS",
+            "maxiter": int(settings.upfit_iterations if upfit else settings.max_iterations),
+            "repulsion": "auto",
+        },
+        "backend": {"evaluator": "tensorpot", "batch_size": 100, "display_step": 50},
+    }
+
+
+def _rmse_from_predictions(path: Path) -> dict[str, float] | None:
+    """Energy RMSE per atom (meV/atom) and force RMSE (meV/Å) from pacemaker's *_pred.pckl.gzip."""
+    if not path.exists():
+        return None
+    df = pd.read_pickle(path, compression="gzip")
+    if len(df) == 0:
+        return None
+    nat = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float) if "NUMBER_OF_ATOMS" in df else df["ase_atoms"].map(len)
+    de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)) / nat
+    df_f = np.concatenate(
+        [np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
+         for p, r in zip(df["forces_pred"], df["forces"], strict=True)]
+    )
+    return {
+        "energy_rmse": float(np.sqrt(np.mean(de**2)) * 1000.0),
+        "force_rmse": float(np.sqrt(np.mean(df_f**2)) * 1000.0),
+        "n_structures": len(df),
+        "n_atoms": int(np.sum(nat)),
+    }
+
+
+def read_metrics(gen_dir: Path) -> dict[str, Any]:
+    """Train/test energy RMSE per atom (meV/atom) and force RMSE (meV/Å) of a fitted folder."""
+    gen_dir = Path(gen_dir)
+    train = _rmse_from_predictions(gen_dir / "train_pred.pckl.gzip")
+    test = _rmse_from_predictions(gen_dir / "test_pred.pckl.gzip")
+    m: dict[str, Any] = {"train": train, "test": test}
+    for part, vals in (("train", train), ("test", test)):
+        m[f"{part}_energy_rmse"] = None if vals is None else vals["energy_rmse"]
+        m[f"{part}_force_rmse"] = None if vals is None else vals["force_rmse"]
+    m["units"] = {"energy_rmse": "meV/atom", "force_rmse": "meV/Å"}
+    return m
+
+
+def _cleanup_stale_partials(root: Path) -> None:
+    for p in root.glob("gen_*.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+# --------------------------------------------------------------------------------------------- API
+def fit_generation(
+    dataset_path: Path,
+    settings: FitSettings,
+    elements: list[str],
+    generations_root: Path,
+    previous: Generation | None = None,
+    timeout: float | None = None,
+) -> Generation:
+    """Fit (or, with `previous`, upfit from its potential via `pacemaker -p`) on the whole dataset.
+
+    Returns the new Generation (next free index under `generations_root`), with .yaml, .yace, .asi and metrics.
+    """
+    dataset_path = Path(dataset_path).resolve()
+    root = Path(generations_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    ts = TrainingSet(dataset_path)
+    if not dataset_path.exists():
+        raise FitError(f"{dataset_path}: training set does not exist (label structures first)")
+    if previous is not None and not Path(previous.yaml).is_file():
+        raise FitError(f"{previous.yaml}: previous generation's potential is missing; cannot upfit")
+    with file_lock(root / ".fit.lock"):
+        _cleanup_stale_partials(root)
+        existing = generation_dirs(root)
+        index = existing[-1][0] + 1 if existing else 0
+        final = root / f"gen_{index:03d}"
+        if final.exists():
+            raise FitError(f"{final}: exists but is not a complete generation; move it away (nothing is overwritten)")
+        work = root / f"{final.name}.partial-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        t0 = time.monotonic()
+        with file_lock(ts.lock_path):
+            shutil.copyfile(dataset_path, work / DATA_FILE)
+        frame = pd.read_pickle(work / DATA_FILE, compression="gzip")
+        n_structures = len(frame)
+        if n_structures == 0:
+            raise FitError(f"{dataset_path}: training set is empty")
+        present = sorted({s for at in frame["ase_atoms"] for s in at.get_chemical_symbols()})
+        extra = sorted(set(present) - set(elements))
+        if extra:
+            raise FitError(f"{dataset_path}: holds element(s) {extra} not in the fit's elements {elements}")
+        upfit = previous is not None
+        inp = pacemaker_input(
+            settings,
+            elements,
+            DATA_FILE,
+            n_structures,
+            upfit,
+            metadata={"generation": index, "previous": previous.index if previous else None},
+        )
+        atomic_write_text(work / "input.yaml", yaml.safe_dump(inp, sort_keys=False))
+        argv = [tool_path("pacemaker"), "input.yaml", "-o", POTENTIAL_YAML]
+        if previous is not None:
+            shutil.copyfile(previous.yaml, work / "previous_potential.yaml")
+            argv += ["-p", "previous_potential.yaml"]
+        log.info("%s: %s on %d structures", final.name, "upfit" if upfit else "fit", n_structures)
+        run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
+        if not (work / POTENTIAL_YAML).is_file():
+            raise FitError(f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}")
+        run_tool([tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE], work, settings.tf_threads, "tools.out")
+        run_tool(
+            [tool_path("pace_activeset"), "-d", "fitting_data_info.pckl.gzip", POTENTIAL_YAML],
+            work,
+            settings.tf_threads,
+            "tools.out",
+        )
+        for f in (POTENTIAL_YACE, POTENTIAL_ASI):
+            if not (work / f).is_file():
+                raise FitError(f"{work}: {f} was not produced; see {work / 'tools.out'}")
+        metrics = read_metrics(work)
+        metrics.update(
+            {
+                "generation": index,
+                "upfit": upfit,
+                "previous": previous.index if previous else None,
+                "n_structures": n_structures,
+                "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
+                "max_iterations": inp["fit"]["maxiter"],
+                "oracle_hash": frame.attrs.get("oracle_hash"),
+                "reference_energies": frame.attrs.get("reference_energies"),
+                "seconds": round(time.monotonic() - t0, 1),
+                "dataset": str(dataset_path),
+            }
+        )
+        gen = Generation(
+            index=index,
+            dir=final,
+            yaml=final / POTENTIAL_YAML,
+            yace=final / POTENTIAL_YACE,
+            asi=final / POTENTIAL_ASI,
+            metrics=metrics,
+        )
+        atomic_write_text(work / GENERATION_JSON, json.dumps(gen.to_dict(), indent=2, default=str))
+        os.rename(work, final)
+        log.info(
+            "%s: done in %.0f s; test force RMSE %s meV/Å, energy RMSE %s meV/atom",
+            final.name,
+            metrics["seconds"],
+            metrics.get("test_force_rmse"),
+            metrics.get("test_energy_rmse"),
+        )
+        return gen
