@@ -126,6 +126,19 @@ def software_versions() -> dict[str, str]:
     }
 
 
+def oracle_info(campaign: Campaign) -> dict[str, Any]:
+    """Oracle name, effective parameters (defaults included) and the hash the training set carries."""
+    settings = campaign.oracle
+    try:
+        from autopipec_fw.oracle.calculators import effective_parameters
+        from autopipec_fw.oracle.label import oracle_hash
+
+        params, h = effective_parameters(settings), oracle_hash(settings)
+    except ImportError:  # oracle stage not installed: the raw settings
+        params, h = dict(settings.parameters), settings.settings_hash()
+    return {"calculator": settings.calculator, "parameters": json.loads(json.dumps(params, default=str)), "settings_hash": h}
+
+
 class Limits(BaseModel):
     """Where the potential may be trusted."""
 
@@ -250,11 +263,7 @@ class ProductionManifest(BaseModel):
                 "linear_strain_range": cov.get("linear_strain_range"),
                 "min_interatomic_distance": cov.get("min_interatomic_distance"),
             },
-            "oracle": {
-                "calculator": campaign.oracle.calculator,
-                "parameters": campaign.oracle.parameters,
-                "settings_hash": campaign.oracle.settings_hash(),
-            },
+            "oracle": oracle_info(campaign),
             "software": software_versions(),
         }
         fields.update(overrides)

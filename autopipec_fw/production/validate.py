@@ -101,6 +101,7 @@ class ValidationResult:
     coverage: dict[str, Any] = field(default_factory=dict)
     temperatures: list[float] = field(default_factory=list)
     parity: dict[str, list[float]] = field(default_factory=dict)
+    workdir: str | None = None  # where validation.json and the oracle's folders are
 
     def message(self) -> str:
         if self.passed:
@@ -577,7 +578,7 @@ def validate_potential(
         "max_force_rmse": vs.max_force_rmse,
         "max_barrier_error": vs.max_barrier_error,
     }
-    result = ValidationResult(passed=False, thresholds=thresholds)
+    result = ValidationResult(passed=False, thresholds=thresholds, workdir=str(workdir.resolve()))
 
     processes: list[ProcessRecord] = []
     temps: list[float] = []

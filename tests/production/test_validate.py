@@ -1,0 +1,59 @@
+"""The validation gate on real potentials, the real oracle stage (EMT) and a real-format aKMC folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autopipec_fw.production.validate import GateFailedError, ValidationResult
+
+
+def test_bulk_potential_passes_on_bulk(bulk_validation: ValidationResult, bulk_campaign) -> None:
+    r = bulk_validation
+    assert r.passed, r.message()
+    assert r.n_holdout == bulk_campaign.validation.n_holdout
+    # the figures are those of the stored parity data
+    de = 1000 * (np.array(r.parity["energy_pred"]) - np.array(r.parity["energy_ref"]))
+    df = 1000 * (np.array(r.parity["force_pred"]) - np.array(r.parity["force_ref"]))
+    assert r.energy_rmse == pytest.approx(np.sqrt(np.mean(de**2)))
+    assert r.force_rmse == pytest.approx(np.sqrt(np.mean(df**2)))
+    assert len(df) == 3 * r.n_holdout_atoms
+    assert 0 < r.energy_rmse <= bulk_campaign.validation.max_energy_rmse
+    assert r.holdout_max_gamma is not None and r.holdout_max_gamma < 5
+    assert r.barriers == [] and any("barriers not checked" in n for n in r.notes)
+    cov = r.coverage
+    assert cov["elements"] == ["Cu"] and cov["n_structures"] > 0
+    lo, hi = cov["linear_strain_range"]
+    assert -0.1 < lo < 0 < hi < 0.1  # strained bulk cells on both sides of the ideal crystal
+    assert 2.0 < cov["min_interatomic_distance"] < 2.55  # rattled fcc Cu (nearest neighbour 2.55 Å)
+
+
+def test_gate_fails_outside_domain_and_says_why(surface_validation: ValidationResult, eon_run_dir) -> None:
+    r = surface_validation
+    # one distinct process (the adatom hop); the oracle's CI-NEB reproduces the EMT barrier of the fixture
+    assert len(r.barriers) == 1
+    row = r.barriers[0]
+    assert row.method == "neb" and row.converged
+    assert row.oracle_barrier == pytest.approx(row.eon_barrier, abs=0.005)
+    # a bulk-only potential gets the surface hop badly wrong: the gate fails and names the threshold
+    assert not r.passed
+    assert row.error_meV > r.thresholds["max_barrier_error"]
+    assert any("validation.max_barrier_error" in f for f in r.failures)
+    assert "validation failed" in r.message() and "max_barrier_error = 50 meV" in r.message()
+    with pytest.raises(GateFailedError, match="max_barrier_error"):
+        r.raise_if_failed()
+    # the result is kept next to the oracle's folders and reads back equal
+    assert r.workdir is not None
+    saved = ValidationResult.read(Path(r.workdir) / "validation.json")
+    assert saved.metrics() == r.metrics() and saved.barriers == r.barriers
+    assert any((Path(r.workdir) / "holdout").iterdir())  # the oracle stage's folders, one per structure
+
+
+def test_result_round_trip(bulk_validation: ValidationResult, tmp_path) -> None:
+    p = bulk_validation.write(tmp_path / "v.json")
+    back = ValidationResult.read(p)
+    assert back.to_dict() == json.loads(p.read_text())
+    assert back.metrics() == bulk_validation.metrics()
