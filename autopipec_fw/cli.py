@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from autopipec_fw.config import ConfigError, load_campaign
@@ -31,6 +30,10 @@ def cmd_db(args: argparse.Namespace) -> int:
         info = server.start()
         write_launchpad_file(ws, host=info.host, port=info.port)
         write_fw_config(ws)
+        from autopipec_fw.launchpad.files import ensure_initialized, load_launchpad
+
+        if ensure_initialized(load_launchpad(ws / "my_launchpad.yaml")):
+            print("initialised a new FireWorks database")
         print(f"embedded LaunchPad server running: {info.uri} (pid {info.pid})")
         print(f"store: {info.store}")
         print(f"wrote {ws / 'my_launchpad.yaml'} and {ws / 'FW_config.yaml'}")
@@ -57,6 +60,67 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml"}
+DEFAULT_EXAMPLE = "cu-adatom"
+
+
+def _campaign_arg(value: str | None):
+    """A campaign file path, or the name of a built-in example."""
+    if value is None:
+        value = DEFAULT_EXAMPLE
+    if value in EXAMPLES and not Path(value).exists():
+        from importlib.resources import files
+
+        return load_campaign(Path(str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[value])))
+    return load_campaign(value)
+
+
+def _launchpad(path: str):
+    from autopipec_fw.launchpad.files import load_launchpad
+
+    return load_launchpad(Path(path))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from autopipec_fw.runner import submit
+
+    campaign = _campaign_arg(args.config)
+    layout, fw_id, added = submit(campaign, _launchpad(args.launchpad))
+    what = "added" if added else "already on the LaunchPad"
+    print(f"campaign '{campaign.name}' {what} (workflow of fw {fw_id}); folder {layout.root}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from autopipec_fw.runner import all_campaigns, campaign_status
+
+    lp = _launchpad(args.launchpad)
+    statuses = [campaign_status(lp, fid) for fid in all_campaigns(lp)]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=1, default=str))
+        return 0
+    if not statuses:
+        print("no campaigns on this LaunchPad")
+        return 0
+    from autopipec_fw.cli_views import status_tables
+
+    _console_out().print(*status_tables(statuses))
+    return 0
+
+
+def _console_out():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_run_loop(args: argparse.Namespace) -> int:
+    from autopipec_fw.cli_views import run_with_progress
+
+    campaign = _campaign_arg(args.config)
+    return run_with_progress(campaign, Path(args.workspace).resolve(), args.launchpad, args.workers, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlip-auto", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -74,13 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--config", default=None, help="campaign YAML (default: the built-in demo)")
     cfg.set_defaults(func=cmd_config)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    sm = sub.add_parser("submit", help="add a campaign's workflow to the LaunchPad (once; again is a no-op)")
+    sm.add_argument("--config", default=None, help="campaign YAML (default: the built-in demo)")
+    sm.add_argument("--launchpad", default="my_launchpad.yaml", help="LaunchPad file (embedded server or MongoDB)")
+    sm.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="per campaign: iteration, KMC steps, oracle calls, generations, stops")
+    st.add_argument("--launchpad", default="my_launchpad.yaml")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    rl = sub.add_parser("run-loop", help="run a campaign end to end (default: the built-in demo) into dist/")
+    rl.add_argument("--config", default=None, help="campaign YAML, or a built-in example name "
+                    f"({', '.join(EXAMPLES)}); default: {DEFAULT_EXAMPLE}")
+    rl.add_argument("--launchpad", default=None, help="LaunchPad file for your MongoDB; default: the embedded "
+                    "server in the workspace, started (and stopped) here")
+    rl.add_argument("--workspace", default=".", help="folder of the embedded server and campaigns/ (default: .)")
+    rl.add_argument("--workers", type=int, default=2, help="Fireworks run at once (default 2)")
+    rl.add_argument("--port", type=int, default=27018, help="port of the embedded server")
+    rl.set_defaults(func=cmd_run_loop)
     return p
-
-
-# later stages register their sub-commands here (run-loop, submit, status, ...)
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:

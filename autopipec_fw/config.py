@@ -62,6 +62,7 @@ class OracleSettings(_Model):
     parameters: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator")
     command: str | None = Field(None, description="executable for file-based codes (pw.x, vasp_std)")
     max_scf_corrections: int = Field(2, ge=0, description="custodian-style SCF retries before failing")
+    batch_size: PosInt = Field(8, description="structures per oracle Firework (1 for expensive DFT)")
 
     def settings_hash(self) -> str:
         """Stable hash of everything that changes the labels: a training set never mixes two of these."""
@@ -160,6 +161,7 @@ class PackageSettings(_Model):
         description="BibTeX",
     )
     description: str = "ACE potential for Cu surface diffusion, trained on the fly in eOn aKMC"
+    dist_dir: Path = Field(Path("dist"), description="where packages go (relative: to the current folder)")
 
 
 class Campaign(_Model):

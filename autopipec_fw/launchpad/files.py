@@ -72,3 +72,13 @@ def load_launchpad(path: str | Path):  # -> fireworks.LaunchPad (kept lazy: Fire
     if not isinstance(data, dict) or "host" not in data:
         raise ValueError(f"{path}: expected a FireWorks LaunchPad mapping with at least 'host'")
     return LaunchPad.from_dict(data)
+
+
+def ensure_initialized(lp) -> bool:
+    """Initialise a brand-new FireWorks database (what `lpad reset` does), never one that holds anything.
+
+    Returns True if it was initialised now."""
+    if lp.fw_id_assigner.count_documents({}) or lp.workflows.count_documents({}) or lp.fireworks.count_documents({}):
+        return False
+    lp.reset("", require_password=False)
+    return True

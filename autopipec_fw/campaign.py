@@ -1,0 +1,331 @@
+"""A campaign folder and the plain function of each stage that works on it.
+
+Each function takes the campaign folder (and a small argument or two), calls the stage module (oracle, training,
+dynamics, production) and returns a small JSON-able dict of figures. The FireWorks layer (firetasks/) only moves
+these dicts around; nothing here imports FireWorks.
+
+Layout of a campaign folder:
+
+    campaign.yaml              the validated settings (written once; a different one is refused)
+    structures/<batch>.extxyz  structures waiting for the oracle (initial set, selections of each stop)
+    oracle/<structure_hash>/   one folder per single point, raw output kept
+    data/training.pckl.gzip    the training set (pacemaker DataFrame, provenance on every row)
+    generations/gen_NNN/       one fitted potential per generation (.yaml, .yace, .asi, metrics)
+    akmc/                      the eOn run folder (resumed after every stop)
+    stages/<stage>.json        the figures each stage returned (for status, report and benchmarks)
+    validation/                held-out set and barrier checks
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autopipec_fw.config import Campaign, ConfigError, campaign_from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CampaignLayout:
+    """Paths of one campaign folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "campaign.yaml"
+
+    @property
+    def structures(self) -> Path:
+        return self.root / "structures"
+
+    @property
+    def oracle(self) -> Path:
+        return self.root / "oracle"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "data" / "training.pckl.gzip"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
+
+    @property
+    def akmc(self) -> Path:
+        return self.root / "akmc"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
+
+    def campaign(self) -> Campaign:
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except OSError as e:
+            raise ConfigError(f"{self.config}: cannot read the campaign settings ({e.strerror}); "
+                              "was the campaign prepared (mlip-auto submit)?") from None
+        return campaign_from_dict(data, str(self.config))
+
+
+def expand_path(path: str | Path) -> Path:
+    """`~` and `$VARS` expanded, made absolute (tasks run in launcher folders, so relative paths are refused)."""
+    p = Path(os.path.expandvars(os.path.expanduser(str(path))))
+    if not p.is_absolute():
+        raise ConfigError(f"campaign folder {str(path)!r} must be absolute (after ~ and $VAR expansion)")
+    return p
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def record_stage(layout: CampaignLayout, name: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """Keep the figures a stage returned in stages/<name>.json (rerunning the stage replaces them)."""
+    _atomic_write_text(layout.stages / f"{name}.json", json.dumps(figures, indent=1, default=str))
+    return figures
+
+
+def stage_records(layout: CampaignLayout) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in sorted(layout.stages.glob("*.json")):
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            log.warning("%s: unreadable stage record, skipped", p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def prepare_campaign(campaign: Campaign, root: Path) -> CampaignLayout:
+    """Create the folder and write campaign.yaml; a folder holding a different campaign is refused."""
+    layout = CampaignLayout(Path(root))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    dist = campaign.package.dist_dir
+    package = campaign.package.model_copy(update={"dist_dir": dist if dist.is_absolute() else Path.cwd() / dist})
+    pinned = campaign.model_copy(update={"workdir": layout.root, "package": package})
+    text = pinned.to_yaml()
+    if layout.config.exists():
+        existing = layout.campaign()
+        if existing.model_dump(mode="json") != pinned.model_dump(mode="json"):
+            raise ConfigError(
+                f"{layout.config}: this folder already holds campaign '{existing.name}' with other settings; "
+                "use another name or workdir (a campaign's data never mixes settings)"
+            )
+        return layout
+    _atomic_write_text(layout.config, text)
+    return layout
+
+
+def initial_structures(layout: CampaignLayout) -> dict[str, Any]:
+    """Write the unlabelled starting set to structures/initial.extxyz (kept if already there)."""
+    from ase.io import read, write
+
+    from autopipec_fw.structures import initial_training_structures
+
+    path = layout.structures / "initial.extxyz"
+    if not path.exists():
+        structures = initial_training_structures(layout.campaign())
+        layout.structures.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".initial.extxyz.tmp")
+        write(tmp, structures, format="extxyz")
+        os.replace(tmp, path)
+    n = len(read(path, index=":", format="extxyz"))
+    return record_stage(layout, "initial_structures", {"file": str(path), "n_structures": n})
+
+
+def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int], source: str) -> dict[str, Any]:
+    """Oracle single points for some structures of a batch file; results go into the training set.
+
+    Rerunning adds nothing new: finished single points are read back from oracle/, and the training set skips
+    structures it already holds.
+    """
+    from ase.io import read
+
+    from autopipec_fw.oracle.label import label_structures, oracle_hash, reference_energies_for
+    from autopipec_fw.training.dataset import TrainingSet
+
+    campaign = layout.campaign()
+    all_structures = read(layout.structures / structures_file, index=":", format="extxyz")
+    try:
+        todo = [all_structures[i] for i in indices]
+    except IndexError:
+        raise ConfigError(f"{structures_file}: holds {len(all_structures)} structures, asked for {indices}") from None
+    t0 = time.perf_counter()
+    labelled = label_structures(todo, campaign.oracle, layout.oracle, source=source)
+    seconds = time.perf_counter() - t0
+    added = TrainingSet(layout.dataset).add(
+        labelled, source=source, oracle_hash=oracle_hash(campaign.oracle),
+        reference_energies=reference_energies_for(campaign.oracle, campaign.elements),
+    )
+    first = f"{indices[0]:04d}" if indices else "none"
+    return record_stage(layout, f"oracle_{Path(structures_file).stem}_{first}", {
+        "structures_file": structures_file, "indices": indices, "labelled": len(labelled), "added": added,
+        "seconds": round(seconds, 3), "calculator": campaign.oracle.calculator,
+    })
+
+
+def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
+    """Fit generation `generation` (0: from scratch; N: upfit from N-1). An existing generation is reused."""
+    from autopipec_fw.training.dataset import TrainingSet
+    from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
+
+    campaign = layout.campaign()
+    gen_dir = layout.generations / f"gen_{generation:03d}"
+    if (gen_dir / "generation.json").exists():
+        gen = Generation.load(gen_dir)
+        log.info("%s already fitted; reused", gen_dir)
+        t = 0.0
+    else:
+        previous = latest_generation(layout.generations)
+        if previous is not None and previous.index != generation - 1:
+            raise ConfigError(f"{layout.generations}: asked to fit gen_{generation:03d} but the latest is "
+                              f"{previous.name}")
+        t0 = time.perf_counter()
+        gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations, previous=previous)
+        t = time.perf_counter() - t0
+    return record_stage(layout, f"fit_{generation:03d}", {
+        "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,
+        "training_set_size": len(TrainingSet(layout.dataset)), "seconds": round(t, 3),
+    })
+
+
+def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
+    """Run (or resume) aKMC on the latest generation. On a stop, the selected candidates are written to
+    structures/iter_NNN.extxyz for the oracle; the returned dict says what happened and what comes next."""
+    from ase.io import write
+
+    from autopipec_fw.inference.extrapolation import read_candidates
+    from autopipec_fw.physics.dynamics.eon import run_akmc
+    from autopipec_fw.structures import build_structure
+    from autopipec_fw.training.dataset import TrainingSet
+    from autopipec_fw.training.fit import latest_generation
+    from autopipec_fw.training.select import select_structures
+
+    campaign = layout.campaign()
+    gen = latest_generation(layout.generations)
+    if gen is None:
+        raise ConfigError(f"{layout.generations}: no fitted generation; the fit stage must run before aKMC")
+    started = (layout.akmc / "config.ini").exists()
+    atoms = None if started else build_structure(campaign.structure)
+    t0 = time.perf_counter()
+    result = run_akmc(layout.akmc, atoms, gen.yaml, gen.asi, campaign.akmc, campaign.gamma)
+    seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {
+        "iteration": iteration, "generation": gen.index, "status": result.status,
+        "kmc_steps": result.kmc_steps, "kmc_steps_target": campaign.akmc.kmc_steps,
+        "simulated_time": result.simulated_time, "states_visited": result.states_visited,
+        "force_calls": result.force_calls, "max_gamma": result.max_gamma,
+        "seconds": round(seconds, 3), "selected_file": None, "n_selected": 0, "n_candidates": 0,
+    }
+    if result.status == "failed":
+        raise RuntimeError(f"{layout.akmc}: eOn aKMC failed; see {result.report_path}")
+    if result.status == "stopped":
+        candidates = []
+        for p in result.candidates:
+            candidates += read_candidates(Path(p).parent) if Path(p).is_dir() else _read_one(Path(p))
+        out["n_candidates"] = len(candidates)
+        known = TrainingSet(layout.dataset).hashes() if layout.dataset.exists() else set()
+        selected = select_structures(candidates, gen, campaign.gamma.max_selected, exclude_hashes=known) \
+            if candidates else []
+        if selected:
+            name = f"iter_{iteration:03d}.extxyz"
+            path = layout.structures / name
+            tmp = path.with_name(f".{name}.tmp")
+            clean = [_unlabelled(a) for a in selected]
+            write(tmp, clean, format="extxyz")
+            os.replace(tmp, path)
+            out.update(selected_file=name, n_selected=len(selected))
+        if iteration + 1 >= campaign.akmc.max_iterations:
+            out["loop_end"] = (f"iteration cap reached ({campaign.akmc.max_iterations}) after "
+                               f"{result.kmc_steps} of {campaign.akmc.kmc_steps} KMC steps")
+    else:
+        out["loop_end"] = f"completed {result.kmc_steps} KMC steps"
+    return record_stage(layout, f"akmc_{iteration:03d}", out)
+
+
+def _read_one(path: Path) -> list:
+    from ase.io import read
+
+    a = read(path, format="extxyz")
+    a.info["candidate_file"] = str(path)
+    return [a]
+
+
+def _unlabelled(atoms):  # the oracle labels it afresh; keep geometry and provenance only
+    from ase import Atoms
+
+    clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    for k in ("max_gamma", "candidate_file"):
+        if k in atoms.info:
+            clean.info[k] = atoms.info[k]
+    return clean
+
+
+def validate(layout: CampaignLayout) -> dict[str, Any]:
+    """The graduation gate on the latest generation (held-out oracle set, barriers of the processes found)."""
+    from autopipec_fw.production.validate import validate_potential
+    from autopipec_fw.training.fit import latest_generation
+
+    campaign = layout.campaign()
+    gen = latest_generation(layout.generations)
+    if gen is None:
+        raise ConfigError(f"{layout.generations}: no fitted generation to validate")
+    runs = [layout.akmc] if (layout.akmc / "config.ini").exists() else []
+    result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset)
+    figures = {"generation": gen.index, **result.to_dict()}
+    figures.pop("parity", None)  # bulky; kept in validation/validation.json
+    record_stage(layout, "validate", figures)
+    return figures
+
+
+class GateFailed(RuntimeError):
+    """The potential did not graduate; nothing is packaged."""
+
+
+def package(layout: CampaignLayout) -> dict[str, Any]:
+    """Manifest, report and zip of the validated latest generation into the campaign's dist folder."""
+    from autopipec_fw.production.deployer import release_potential
+    from autopipec_fw.production.eon_results import read_kmc_trajectory
+    from autopipec_fw.production.validate import ValidationResult
+    from autopipec_fw.training.dataset import TrainingSet
+    from autopipec_fw.training.fit import latest_generation
+
+    campaign = layout.campaign()
+    gen = latest_generation(layout.generations)
+    vfile = layout.validation / "validation.json"
+    try:
+        result = ValidationResult.from_dict(json.loads(vfile.read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{vfile}: no readable validation result ({e}); the validate stage must run first") from None
+    if not result.passed:
+        raise GateFailed(f"{campaign.name}: not packaged: {result.message()}")
+    records = stage_records(layout)
+    generations = [r for k, r in sorted(records.items()) if k.startswith("fit_")]
+    generations = [{"generation": r["generation"], "training_set_size": r.get("training_set_size"), **r["metrics"]}
+                   for r in generations]
+    stops = [{"iteration": r["iteration"], "max_gamma": r.get("max_gamma"), "n_selected": r.get("n_selected"),
+              "kmc_steps": r.get("kmc_steps")}
+             for k, r in sorted(records.items()) if k.startswith("akmc_") and r.get("status") == "stopped"]
+    trajectory = read_kmc_trajectory(layout.akmc) if (layout.akmc / "config.ini").exists() else []
+    path = release_potential(
+        campaign, gen, result, Path(campaign.package.dist_dir), training_set_size=len(TrainingSet(layout.dataset)),
+        generations=generations, stops=stops, kmc_trajectory=trajectory,
+    )
+    return record_stage(layout, "package", {"package": str(path), "version": campaign.package.version,
+                                            "generation": gen.index if gen else None})

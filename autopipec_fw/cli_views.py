@@ -1,0 +1,111 @@
+"""What the CLI shows: the status tables and the live progress of run-loop (rich)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from autopipec_fw.config import Campaign
+from autopipec_fw.runner import CampaignStatus
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(v, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+
+def status_tables(statuses: list[CampaignStatus]) -> list[Table]:
+    out = []
+    for st in statuses:
+        t = Table(title=f"campaign {st.name}  [{st.state}]", title_justify="left", show_header=False)
+        t.add_row("folder", st.campaign_dir)
+        t.add_row("fireworks", ", ".join(f"{k} {v}" for k, v in sorted(st.fireworks.items())))
+        if st.running:
+            t.add_row("running", "; ".join(st.running))
+        t.add_row("iteration", str(st.iteration))
+        target = f" / {st.kmc_steps_target}" if st.kmc_steps_target else ""
+        t.add_row("KMC steps", f"{st.kmc_steps}{target}")
+        t.add_row("simulated time", _fmt(st.simulated_time, ".4g") + (" s" if st.simulated_time is not None else ""))
+        t.add_row("oracle calls", str(st.oracle_calls))
+        for g in st.generations:
+            t.add_row(f"gen_{int(g.get('generation') or 0):03d}",
+                      f"{g.get('training_set_size', '?')} structures; "
+                      + ", ".join(f"{k} {_fmt(v)}" for k, v in g.items()
+                                  if k not in ("generation", "training_set_size") and isinstance(v, int | float)))
+        for s in st.stops:
+            t.add_row(f"stop {s['iteration']}", f"max gamma {_fmt(s.get('max_gamma'))}, "
+                      f"{s.get('n_selected')} structures to the oracle")
+        if st.loop_end:
+            t.add_row("loop end", st.loop_end)
+        if st.package:
+            t.add_row("package", st.package)
+        for e in st.errors:
+            t.add_row("[red]error[/red]", e)
+        out.append(t)
+    return out
+
+
+def _progress_table(p: dict) -> Table:
+    t = Table(show_header=False, box=None)
+    t.add_row("stage", ", ".join(p["running"]) or "(scheduling)")
+    t.add_row("iteration", str(p["iteration"]))
+    t.add_row("KMC steps", f"{p['kmc_steps']} / {p['kmc_target']}")
+    t.add_row("oracle calls", str(p["oracle_calls"]))
+    t.add_row("generations", str(p["generations"]))
+    t.add_row("stops", str(p["stops"]))
+    return t
+
+
+def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str | None, workers: int,
+                      port: int) -> int:
+    """mlip-auto run-loop: embedded server (unless a LaunchPad file is given), submit, run, report."""
+    from autopipec_fw.launchpad.files import (
+        ensure_initialized,
+        load_launchpad,
+        write_fw_config,
+        write_launchpad_file,
+    )
+    from autopipec_fw.launchpad.server import EmbeddedServer
+    from autopipec_fw.runner import LocalRunner, campaign_status, submit
+
+    console = Console(stderr=True)
+    started: EmbeddedServer | None = None
+    if launchpad_file is None:
+        server = EmbeddedServer(workspace, port=port)
+        was_running = server.info() is not None
+        info = server.start()
+        write_launchpad_file(workspace, host=info.host, port=info.port)
+        write_fw_config(workspace)
+        lp_path = workspace / "my_launchpad.yaml"
+        started = None if was_running else server
+    else:
+        lp_path = Path(launchpad_file).resolve()
+    try:
+        lp = load_launchpad(lp_path)
+        ensure_initialized(lp)
+        layout, fw_id, added = submit(campaign, lp, base=workspace)
+        console.print(f"campaign [bold]{campaign.name}[/bold] in {layout.root} "
+                      f"({'submitted' if added else 'continuing'})")
+        runner = LocalRunner(lp, lp_path, layout, fw_id, workers=workers)
+        if runner.wf_doc()["state"] != "COMPLETED":
+            runner.recover()
+            with Live(_progress_table(runner.progress()), console=console, refresh_per_second=2,
+                      transient=False) as live:
+                runner.on_tick = lambda r: live.update(Group(_progress_table(r.progress())))
+                runner.run()
+        st = campaign_status(lp, fw_id)
+        Console().print(*status_tables([st]))
+        if st.state == "COMPLETED":
+            console.print(f"[green]done:[/green] {st.package}")
+            return 0
+        console.print(f"[red]campaign {campaign.name} ended {st.state}[/red]; "
+                      "fix the cause and run the same command again to continue")
+        return 1
+    finally:
+        if started is not None:
+            started.stop()

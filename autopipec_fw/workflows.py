@@ -1,0 +1,72 @@
+"""The job graph of a campaign and the detours of its active-learning loop, built in one place.
+
+    initial structures -> oracle x N (parallel) -> fit gen_000 -> aKMC #0 -> validate -> package
+                                                                     |
+                         on an extrapolation stop, detour:  oracle x K -> upfit gen_i+1 -> aKMC #i+1 (resumes)
+
+Each Firework carries a category (`_category`: oracle, fit, akmc, production) so that workers can specialise
+(`my_fworker.yaml` with `category: fit` on GPU nodes, ...), and a priority (`_priority`) so that a campaign
+already under way finishes before a new one starts its expensive parts. Specs hold paths and small figures only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fireworks import Firework, Workflow
+
+from autopipec_fw.config import Campaign
+from autopipec_fw.firetasks import AkmcTask, FitTask, InitialDataTask, OracleTask, PackageTask, ValidateTask
+
+CATEGORY = {"initial": "oracle", "oracle": "oracle", "fit": "fit", "akmc": "akmc", "validate": "production",
+            "package": "production"}
+PRIORITY = {"initial": 10, "oracle": 8, "fit": 7, "akmc": 6, "validate": 5, "package": 4}
+
+
+def _fw(task, stage: str, campaign: Campaign, label: str, parents: list[Firework] | None = None) -> Firework:
+    spec = {"_category": CATEGORY[stage], "_priority": PRIORITY[stage], "campaign": campaign.name, "stage": stage}
+    return Firework([task], spec=spec, name=f"{campaign.name}: {label}", parents=parents)
+
+
+def oracle_fireworks(campaign: Campaign, campaign_dir: str, structures_file: str, n: int,
+                     source: str) -> list[Firework]:
+    """Parallel oracle Fireworks for structures 0..n-1 of a batch file, `oracle.batch_size` per Firework."""
+    size = campaign.oracle.batch_size
+    fws = []
+    for start in range(0, n, size):
+        idx = list(range(start, min(start + size, n)))
+        task = OracleTask(campaign_dir=campaign_dir, structures_file=structures_file, indices=idx, source=source)
+        fws.append(_fw(task, "oracle", campaign, f"oracle {Path(structures_file).stem} {idx[0]}-{idx[-1]}"))
+    return fws
+
+
+def loop_detour(campaign: Campaign, campaign_dir: str, iteration: int, selected_file: str | None,
+                n_selected: int) -> Workflow:
+    """After stop `iteration`: label the selected structures, upfit, and resume aKMC in the same eOn folder."""
+    oracles = oracle_fireworks(campaign, campaign_dir, selected_file, n_selected, f"iter_{iteration:03d}") \
+        if selected_file else []
+    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=iteration + 1), "fit", campaign,
+              f"upfit gen_{iteration + 1:03d}", parents=oracles or None)
+    nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
+              f"aKMC #{iteration + 1} (resume)", parents=[fit])
+    return Workflow([*oracles, fit, nxt], name=f"{campaign.name} loop {iteration + 1}")
+
+
+def campaign_workflow(campaign: Campaign, campaign_dir: str | Path, embed_settings: bool = False) -> Workflow:
+    """The whole campaign. `embed_settings` puts the settings into the first task (for a self-contained YAML
+    that `lpad add` accepts as is); otherwise the folder must already hold campaign.yaml (mlip-auto submit)."""
+    cdir = str(campaign_dir)
+    init_task = InitialDataTask(campaign_dir=cdir, campaign=_portable(campaign)) if embed_settings \
+        else InitialDataTask(campaign_dir=cdir)
+    init = _fw(init_task, "initial", campaign, "initial structures")
+    fit0 = _fw(FitTask(campaign_dir=cdir, generation=0), "fit", campaign, "fit gen_000", parents=[init])
+    akmc0 = _fw(AkmcTask(campaign_dir=cdir, iteration=0), "akmc", campaign, "aKMC #0", parents=[fit0])
+    val = _fw(ValidateTask(campaign_dir=cdir), "validate", campaign, "validate", parents=[akmc0])
+    pkg = _fw(PackageTask(campaign_dir=cdir), "package", campaign, "package", parents=[val])
+    return Workflow([init, fit0, akmc0, val, pkg], name=campaign.name,
+                    metadata={"campaign": campaign.name, "campaign_dir": cdir, "autopipec_fw": True})
+
+
+def _portable(campaign: Campaign) -> dict:
+    d = campaign.model_dump(mode="json", exclude={"workdir"})
+    return d
