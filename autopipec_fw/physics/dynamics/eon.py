@@ -1,0 +1,527 @@
+"""The aKMC stage: eOn under custodian supervision.
+
+`run_akmc(run_dir, atoms, generation_yaml, generation_asi, akmc, gamma)` runs (or resumes, ``atoms=None``) the
+eOn aKMC simulation in ``run_dir`` until the requested KMC steps are done, an extrapolation stop happens, or it
+fails, and returns an `AkmcResult`. `EonWrapper` does the work:
+
+- the run folder: ``config.ini`` (rewritten before every round: KMC steps still to do, the current potential),
+  ``pos.con`` (from ASE Atoms, FixAtoms respected), our client (``eon_client`` + ``client.json``) or the
+  ext_pot driver wrapper, the stop file ``pace_stop`` and the ``candidates/`` folder;
+- one eOn server round per custodian job (`EonJob`), with `ExtrapolationHandler` (monitor),
+  `StaleLockHandler` and `ClientFailureHandler`; custodian's log goes to ``custodian.json`` (and a copy per
+  call in ``custodian/``);
+- resume: eOn's own state (``info.txt``, ``dynamics.txt``, ``states/``, ``prng.pkl``, ``jobs.tbl``) carries
+  on; our bookkeeping lives in ``autopipec_state.json``; ``report.json`` is rewritten after every call.
+
+Routes (`EonSettings`): ``runtime="local"`` uses the eOn server from the eon-akmc sdist and our pure-Python
+client on pyeonclient (`client.py`), with the ACE potential in-process (``potential_mode="inprocess"``) or via
+ext_pot + ``pace_driver.py`` and its persistent evaluator (``"ext_pot"``). ``runtime="external"`` uses the
+user's own eOn (``client_path``: e.g. conda-forge's ``eonclient``; ``server_command``: e.g. ``["eon-server"]``)
+through ext_pot + ``pace_driver.py``: nothing home-built is involved.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import io
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ase import Atoms
+
+from autopipec_fw.config import AkmcSettings, GammaSettings
+from autopipec_fw.physics.dynamics.client import ClientSettings, write_client_script
+from autopipec_fw.physics.dynamics.handlers import (
+    ClientFailureHandler,
+    ExtrapolationHandler,
+    StaleLockHandler,
+    _log_size,
+    collect_stop,
+)
+from autopipec_fw.physics.dynamics.jobs import EonJob, kill_stray_clients
+from autopipec_fw.physics.dynamics.report import (
+    DRIVER_CALLS,
+    RunState,
+    StopRecord,
+    atomic_write_text,
+    build_report,
+    read_dynamics,
+    write_report,
+)
+
+log = logging.getLogger(__name__)
+
+STOP_FILE = "pace_stop"
+CANDIDATES_DIR = "candidates"
+CLIENT_SCRIPT = "eon_client"
+CLIENT_SETTINGS = "client.json"
+DRIVER_WRAPPER = "pace_driver"
+Status = Literal["completed", "stopped", "failed"]
+
+
+class EonRunError(RuntimeError):
+    """The run folder cannot be used as asked (the message says why)."""
+
+
+@dataclass
+class EonRunOptions:
+    """Settings not (yet) in `AkmcSettings` / `EonSettings`; defaults suit the demo.
+
+    ``prefactor``: fixed prefactor (1/s) for every process; None = eOn computes harmonic TST prefactors (costs
+    a Hessian per process). ``client_potential``: "ace" (the generation's potential) or "emt" (tests and
+    benchmarks; no gamma). ``poll_seconds``: how often the monitor looks at the stop file during a round.
+    ``extra_config``: more config.ini entries, ``{"Section": {"key": "value"}}``, written last.
+    """
+
+    prefactor: float | None = 1e12
+    max_barrier: float = 10.0
+    client_potential: Literal["ace", "emt"] = "ace"
+    poll_seconds: float = 1.0
+    extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
+    max_dead_rounds: int = 2
+
+
+@dataclass
+class AkmcResult:
+    """What one `run_akmc` call did. Totals (KMC steps, time, states, processes, force calls) are for the whole
+    folder so far; ``candidates`` are the structures of the stop of THIS call (empty unless stopped)."""
+
+    status: Status
+    kmc_steps: int
+    simulated_time: float
+    states_visited: int
+    processes: int
+    force_calls: int
+    stops: list[dict[str, Any]]
+    candidates: list[Path]
+    max_gamma: float | None
+    report_path: Path
+    message: str = ""
+    rounds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["candidates"] = [str(p) for p in self.candidates]
+        d["report_path"] = str(self.report_path)
+        return d
+
+
+def next_run_dir(root: Path) -> Path:
+    """``root/runs/0001``, ``0002``, ...: the first number not taken (the folder is not created)."""
+    runs = Path(root) / "runs"
+    n = 1
+    if runs.is_dir():
+        taken = [int(p.name) for p in runs.iterdir() if p.is_dir() and p.name.isdigit()]
+        n = max(taken, default=0) + 1
+    return runs / f"{n:04d}"
+
+
+def _check_atoms(atoms: Atoms) -> None:
+    if not isinstance(atoms, Atoms):
+        raise EonRunError(f"atoms: expected ase.Atoms, got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise EonRunError("atoms: the starting structure has no atoms")
+    if abs(atoms.cell.volume) < 1e-6:
+        raise EonRunError("atoms: eOn needs a periodic cell with non-zero volume (set atoms.cell)")
+    from ase.constraints import FixAtoms
+
+    for c in atoms.constraints:
+        if not isinstance(c, FixAtoms):
+            raise EonRunError(
+                f"atoms: constraint {type(c).__name__} cannot be written to pos.con (only FixAtoms)"
+            )
+
+
+def _con_text(atoms: Atoms) -> str:
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, atoms, format="eon")
+    return buf.getvalue()
+
+
+class EonWrapper:
+    """One eOn aKMC run folder and its supervision (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        generation_yaml: Path | str,
+        generation_asi: Path | str,
+        akmc: AkmcSettings,
+        gamma: GammaSettings,
+        options: EonRunOptions | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.generation_yaml = Path(generation_yaml).absolute()
+        self.generation_asi = Path(generation_asi).absolute()
+        self.akmc = akmc
+        self.gamma = gamma
+        self.options = options or EonRunOptions()
+        self.eon = akmc.eon
+        self.stop_file = self.run_dir / STOP_FILE
+        self.candidates_dir = self.run_dir / CANDIDATES_DIR
+        self._evaluator_started = False
+
+    # ------------------------------------------------------------------------------------------ folder
+
+    @property
+    def started(self) -> bool:
+        return (self.run_dir / "pos.con").exists()
+
+    def kmc_steps_done(self) -> int:
+        return len(read_dynamics(self.run_dir))
+
+    def _check_potential(self) -> None:
+        if self.options.client_potential == "emt" and self.eon.runtime == "local":
+            return
+        for p, what in ((self.generation_yaml, "generation_yaml"), (self.generation_asi, "generation_asi")):
+            if not p.is_file():
+                raise EonRunError(f"{what}: {p} does not exist (the B-basis .yaml and its .asi active set)")
+
+    def setup(self, atoms: Atoms | None) -> None:
+        """Create the folder and its files; ``atoms`` starts a new run, None resumes an existing one."""
+        self._check_potential()
+        if atoms is None:
+            if not self.started:
+                raise EonRunError(f"{self.run_dir}: nothing to resume (no pos.con); pass the starting atoms")
+        else:
+            _check_atoms(atoms)
+            text = _con_text(atoms)
+            pos = self.run_dir / "pos.con"
+            if self.started:
+                if pos.read_text() != text:
+                    raise EonRunError(
+                        f"{self.run_dir}: already holds an eOn run with another starting structure; "
+                        "pass atoms=None to resume it or use a new folder"
+                    )
+            else:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(pos, text)
+        self.candidates_dir.mkdir(parents=True, exist_ok=True)
+        state = RunState.load(self.run_dir)
+        if not state.created:
+            state.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        state.target_kmc_steps = self.akmc.kmc_steps
+        if str(self.generation_yaml) not in state.generations:
+            state.generations.append(str(self.generation_yaml))
+        state.save(self.run_dir)
+        self._write_client()
+        self.write_config(max(self.akmc.kmc_steps - self.kmc_steps_done(), 1))
+
+    def _client_path(self) -> str:
+        if self.eon.runtime == "external":
+            if not self.eon.client_path:
+                raise EonRunError("akmc.eon.client_path: the external runtime needs the eonclient executable")
+            found = shutil.which(self.eon.client_path)
+            if found is None:
+                raise EonRunError(f"akmc.eon.client_path: {self.eon.client_path!r} is not an executable")
+            return str(Path(found).absolute())
+        return str(self.run_dir / CLIENT_SCRIPT)
+
+    def _uses_ext_pot(self) -> bool:
+        return self.eon.runtime == "external" or self.eon.potential_mode == "ext_pot"
+
+    def _driver_options(self) -> dict[str, Any]:
+        return {
+            "potential": self.generation_yaml,
+            "active_set": self.generation_asi,
+            "gamma_max": self.gamma.threshold,
+            "gamma_select": self.gamma.select_lower,
+            "max_selected": self.gamma.max_selected,
+            "stop_file": self.stop_file,
+            "candidates_dir": self.candidates_dir,
+            "calls_file": self.run_dir / DRIVER_CALLS,
+            "run_dir": self.run_dir,
+        }
+
+    def _write_client(self) -> None:
+        if self._uses_ext_pot():
+            from autopipec_fw.inference.evaluator import write_driver_wrapper
+
+            write_driver_wrapper(self.run_dir / DRIVER_WRAPPER, **self._driver_options())
+        if self.eon.runtime == "local":
+            settings = ClientSettings(
+                run_dir=str(self.run_dir),
+                potential="config" if self._uses_ext_pot() else self.options.client_potential,
+                potential_yaml=str(self.generation_yaml),
+                active_set=str(self.generation_asi),
+                gamma_threshold=self.gamma.threshold,
+                gamma_select_lower=self.gamma.select_lower,
+                max_selected=self.gamma.max_selected,
+                stop_file=str(self.stop_file),
+                candidates_dir=str(self.candidates_dir),
+            )
+            settings.write(self.run_dir / CLIENT_SETTINGS)
+            write_client_script(self.run_dir / CLIENT_SCRIPT, self.run_dir / CLIENT_SETTINGS)
+
+    def config(self, max_kmc_steps: int) -> configparser.ConfigParser:
+        """The config.ini eOn reads (server and clients)."""
+        a = self.akmc
+        cp = configparser.ConfigParser(interpolation=None)
+        cp.optionxform = str  # type: ignore[assignment,method-assign]
+        cp["Main"] = {"job": "akmc", "temperature": f"{a.temperature:g}", "random_seed": str(a.seed)}
+        if self._uses_ext_pot():
+            cp["Potential"] = {"potential": "ext_pot", "ext_pot_path": str(self.run_dir / DRIVER_WRAPPER)}
+        else:
+            cp["Potential"] = {"potential": "ase" if self.options.client_potential == "ace" else "emt"}
+        cp["Communicator"] = {
+            "type": "local",
+            "client_path": self._client_path(),
+            "number_of_CPUs": str(a.num_clients),
+            "num_jobs": str(a.searches_per_round),
+        }
+        cp["AKMC"] = {"confidence": f"{a.confidence:g}", "max_kmc_steps": str(max(int(max_kmc_steps), 1))}
+        cp["Process Search"] = {"minimize_first": "true"}
+        cp["Saddle Search"] = {
+            "method": "min_mode",
+            "min_mode_method": "dimer",
+            "displace_least_coordinated_weight": "1.0",
+            "displace_radius": f"{a.displace_radius:g}",
+            "displace_magnitude": f"{a.displace_magnitude:g}",
+            "max_energy": f"{self.options.max_barrier:g}",
+        }
+        cp["Optimizer"] = {"converged_force": "0.01", "max_iterations": "1000"}
+        if self.options.prefactor is not None:
+            cp["Prefactor"] = {"default_value": f"{self.options.prefactor:g}"}
+        for section, entries in self.options.extra_config.items():
+            if not cp.has_section(section):
+                cp[section] = {}
+            for k, v in entries.items():
+                cp[section][k] = str(v)
+        return cp
+
+    def write_config(self, max_kmc_steps: int) -> Path:
+        buf = io.StringIO()
+        self.config(max_kmc_steps).write(buf)
+        p = self.run_dir / "config.ini"
+        atomic_write_text(p, buf.getvalue())
+        return p
+
+    def _prepare_round(self) -> None:
+        self.write_config(self.akmc.kmc_steps - self.kmc_steps_done())
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def server_command(self) -> list[str]:
+        if self.eon.runtime == "external" and self.eon.server_command:
+            return list(self.eon.server_command)
+        return [sys.executable, "-m", "eon.server"]
+
+    def _env(self) -> dict[str, str]:
+        env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if self._uses_ext_pot():
+            from autopipec_fw.inference.evaluator import driver_environment
+
+            env.update(driver_environment(**self._driver_options()))
+        return env
+
+    def _start_evaluator(self) -> None:
+        if not self._uses_ext_pot():
+            return
+        from autopipec_fw.inference.evaluator import start_evaluator
+
+        o = self._driver_options()
+        start_evaluator(
+            self.run_dir,
+            o["potential"],
+            o["active_set"],
+            gamma_max=o["gamma_max"],
+            gamma_select=o["gamma_select"],
+            stop_file=o["stop_file"],
+            candidates_dir=o["candidates_dir"],
+            calls_file=o["calls_file"],
+            max_selected=o["max_selected"],
+        )
+        self._evaluator_started = True
+
+    def _stop_evaluator(self) -> None:
+        if self._evaluator_started:
+            from autopipec_fw.inference.evaluator import stop_evaluator
+
+            stop_evaluator(self.run_dir)
+            self._evaluator_started = False
+
+    def _stop_pending(self) -> bool:
+        return self.stop_file.exists() and self.stop_file.stat().st_size > 0
+
+    def _jobs(self, state: RunState, counter: list[int]) -> Iterator[EonJob]:
+        while counter[0] < self.akmc.max_rounds:
+            if self.kmc_steps_done() >= self.akmc.kmc_steps or self._stop_pending():
+                return
+            counter[0] += 1
+            state.rounds += 1
+            state.save(self.run_dir)
+            yield EonJob(self.server_command(), self._env(), state.rounds, prepare=self._prepare_round)
+
+    def run(self, atoms: Atoms | None = None) -> AkmcResult:
+        """Set the folder up (or resume it) and run rounds until done, stopped or failed."""
+        from custodian.custodian import Custodian, CustodianError
+
+        self.setup(atoms)
+        state = RunState.load(self.run_dir)
+        t0 = time.time()
+        steps_before = self.kmc_steps_done()
+
+        # a stop that happened before and was never handed back (the caller died): hand it back now
+        pending = next((s for s in state.stops if not s.handed_back), None)
+        if pending is None and self._stop_pending():
+            kill_stray_clients(self.run_dir)
+            pending = collect_stop(
+                self.run_dir,
+                self.stop_file,
+                self.candidates_dir,
+                "extrapolation: stop file found at start",
+                str(self.generation_yaml),
+                self.gamma.threshold,
+            )
+        if pending is not None:
+            return self._finish(
+                "stopped", pending, "stop recorded earlier, handed back now", t0, steps_before, 0
+            )
+
+        extrap = ExtrapolationHandler(
+            str(self.stop_file),
+            str(self.candidates_dir),
+            str(self.generation_yaml),
+            self.gamma.threshold,
+            log_offset=_log_size(self.run_dir),
+        )
+        handlers = [
+            extrap,
+            StaleLockHandler(),
+            ClientFailureHandler(_log_size(self.run_dir), self.options.max_dead_rounds),
+        ]
+        counter = [0]
+        status: Status = "completed"
+        message = ""
+        custodian = Custodian(
+            handlers,
+            self._jobs(state, counter),
+            max_errors=max(10, 3 * self.akmc.max_rounds),
+            max_errors_per_job=6,
+            polling_time_step=self.options.poll_seconds,
+            monitor_freq=1,
+            directory=str(self.run_dir),
+        )
+        try:
+            self._start_evaluator()
+            custodian.run()
+        except CustodianError as e:
+            message = str(getattr(e, "message", e))
+            status = "stopped" if extrap.last_stop is not None else "failed"
+        except Exception as e:  # noqa: BLE001 - any other failure is reported, not raised through the stage
+            log.exception("aKMC run in %s failed", self.run_dir)
+            message = f"{type(e).__name__}: {e}"
+            status = "failed"
+        finally:
+            kill_stray_clients(self.run_dir)
+            self._stop_evaluator()
+            self._keep_custodian_log()
+        stop = extrap.last_stop
+        if stop is None and self._stop_pending():  # the round ended before the monitor looked
+            stop = collect_stop(
+                self.run_dir,
+                self.stop_file,
+                self.candidates_dir,
+                "extrapolation: gamma above threshold (stop file)",
+                str(self.generation_yaml),
+                self.gamma.threshold,
+            )
+        if stop is not None:
+            status = "stopped"
+            message = stop.reason
+        elif status == "completed" and self.kmc_steps_done() < self.akmc.kmc_steps:
+            status = "failed"
+            message = f"max_rounds ({self.akmc.max_rounds}) reached with {self.kmc_steps_done()} of {self.akmc.kmc_steps} KMC steps"
+        return self._finish(status, stop, message, t0, steps_before, counter[0])
+
+    def _keep_custodian_log(self) -> None:
+        src = self.run_dir / "custodian.json"
+        if src.exists():
+            d = self.run_dir / "custodian"
+            d.mkdir(exist_ok=True)
+            n = len(list(d.glob("run_*.json"))) + 1
+            shutil.copy2(src, d / f"run_{n:03d}.json")
+
+    def _finish(
+        self, status: Status, stop: StopRecord | None, message: str, t0: float, steps_before: int, rounds: int
+    ) -> AkmcResult:
+        state = RunState.load(self.run_dir)
+        candidates: list[Path] = []
+        if stop is not None:
+            for s in state.stops:
+                if s.index == stop.index:
+                    s.handed_back = True
+                    candidates = [Path(c) for c in s.candidates]
+        state.runs.append(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
+                "wall_seconds": round(time.time() - t0, 3),
+                "status": status,
+                "message": message,
+                "rounds": rounds,
+                "kmc_steps_before": steps_before,
+                "kmc_steps_after": self.kmc_steps_done(),
+                "generation_yaml": str(self.generation_yaml),
+                "stop": stop.index if stop is not None else None,
+            }
+        )
+        state.save(self.run_dir)
+        report = build_report(self.run_dir, state, status)
+        report_path = write_report(self.run_dir, report)
+        max_gamma = stop.max_gamma if stop is not None else report["force_calls"]["max_gamma"]
+        result = AkmcResult(
+            status=status,
+            kmc_steps=report["kmc_steps"],
+            simulated_time=report["simulated_time"],
+            states_visited=len(report["states_visited"]),
+            processes=len(report["processes"]),
+            force_calls=int(report["force_calls"]["total"]),
+            stops=[
+                {
+                    "index": s["index"],
+                    "reason": s["reason"],
+                    "max_gamma": s["max_gamma"],
+                    "kmc_steps_at_stop": s["kmc_steps_at_stop"],
+                    "n_candidates": len(s["candidates"]),
+                }
+                for s in report["stops"]
+            ],
+            candidates=candidates,
+            max_gamma=max_gamma,
+            report_path=report_path,
+            message=message,
+            rounds=rounds,
+        )
+        with contextlib.suppress(OSError):
+            atomic_write_text(self.run_dir / "result.json", json.dumps(result.to_dict(), indent=1) + "\n")
+        log.info("aKMC %s: %s (%d KMC steps, %s)", self.run_dir, status, result.kmc_steps, message)
+        return result
+
+
+def run_akmc(
+    run_dir: Path,
+    atoms: Atoms | None,
+    generation_yaml: Path,
+    generation_asi: Path,
+    akmc: AkmcSettings,
+    gamma: GammaSettings,
+    *,
+    options: EonRunOptions | None = None,
+) -> AkmcResult:
+    """Run or resume (``atoms=None``) eOn aKMC in ``run_dir`` with this generation's potential.
+
+    Returns when ``akmc.kmc_steps`` KMC steps are done in the folder ("completed"), on an extrapolation stop
+    ("stopped": ``candidates`` holds that stop's structures, handed back exactly once) or on a failure
+    ("failed", ``message`` says why). Bad input raises `EonRunError` naming the field.
+    """
+    return EonWrapper(run_dir, generation_yaml, generation_asi, akmc, gamma, options).run(atoms)

@@ -1,0 +1,267 @@
+"""custodian handlers for eOn rounds.
+
+- `ExtrapolationHandler` (monitor): the stop file has a line (the driver or our client met a structure beyond
+  the gamma threshold) or a client exited with 100. custodian terminates the round (`EonJob.terminate` kills the
+  server and every client); `correct` then moves the stop file and the candidates into ``stops/stop_NNN/``,
+  records the stop in the run state and returns no action, so custodian raises (a `CustodianError`) instead of
+  rerunning: the caller hands the candidates back once.
+- `StaleLockHandler`: eOn's ``lockfile`` names a process that is not an eOn server working in this folder (the
+  server was killed and the PID reused, or the folder moved to another node): remove it and rerun the round.
+- `ClientFailureHandler`: clients that failed for reasons other than extrapolation (killed, crashed, bad input).
+  eOn drops those searches and makes new ones, so the round is rerun and the failure logged; when every client
+  of the round failed twice in a row the error is not recoverable (it would loop forever).
+
+Every correction is data, logged by custodian in ``custodian.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from custodian.custodian import ErrorHandler
+
+from autopipec_fw.physics.dynamics.jobs import kill_stray_clients
+from autopipec_fw.physics.dynamics.report import RunState, StopRecord, read_dynamics
+
+log = logging.getLogger(__name__)
+
+AKMC_LOG = "akmc.log"
+LOCKFILE = "lockfile"
+STOPS_DIR = "stops"
+_FAILED_RE = re.compile(r"job failed: (\S+) \(return code (-?\d+)\)")
+_FINISHED_RE = re.compile(r"Job finished: (\S+)")
+
+
+def _log_size(run_dir: Path) -> int:
+    try:
+        return (run_dir / AKMC_LOG).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_log_from(run_dir: Path, offset: int) -> str:
+    p = run_dir / AKMC_LOG
+    try:
+        with p.open("rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(offset if offset <= size else 0)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def collect_stop(
+    run_dir: Path,
+    stop_file: Path,
+    candidates_dir: Path,
+    reason: str,
+    generation_yaml: str | None = None,
+    threshold: float | None = None,
+) -> StopRecord:
+    """Move the stop file and every candidate into ``stops/stop_NNN/`` and record the stop (not handed back)."""
+    from autopipec_fw.inference.extrapolation import read_stop_file
+
+    run_dir = Path(run_dir)
+    state = RunState.load(run_dir)
+    index = len(state.stops) + 1
+    dest = run_dir / STOPS_DIR / f"stop_{index:03d}"
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = read_stop_file(stop_file)
+    if stop_file.exists():
+        os.replace(stop_file, dest / "stop.jsonl")
+    moved: list[str] = []
+    if candidates_dir.is_dir():
+        for p in sorted(candidates_dir.glob("*.extxyz")):
+            if p.name.startswith("."):
+                continue
+            target = dest / p.name
+            os.replace(p, target)
+            moved.append(str(target.resolve()))
+    gammas = [float(x["max_gamma"]) for x in lines if x.get("max_gamma") is not None]
+    if not gammas and lines:
+        gammas = [float("inf")]
+    rec = StopRecord(
+        index=index,
+        reason=reason,
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        max_gamma=max(gammas) if gammas else None,
+        threshold=threshold if threshold is not None else (lines[0].get("threshold") if lines else None),
+        kmc_steps_at_stop=len(read_dynamics(run_dir)),
+        generation_yaml=generation_yaml,
+        folder=str(dest.resolve()),
+        candidates=moved,
+    )
+    state.stops.append(rec)
+    state.save(run_dir)
+    log.info("stop %d collected: %s, %d candidate(s) in %s", index, reason, len(moved), dest)
+    return rec
+
+
+class ExtrapolationHandler(ErrorHandler):
+    """Monitor: an extrapolation stop happened in this round (stop file line, or a client exit 100)."""
+
+    is_monitor = True
+    is_terminating = True
+    raises_runtime_error = True
+
+    def __init__(
+        self,
+        stop_file: str,
+        candidates_dir: str,
+        generation_yaml: str | None = None,
+        threshold: float | None = None,
+        log_offset: int | None = None,
+    ) -> None:
+        self.stop_file = stop_file
+        self.candidates_dir = candidates_dir
+        self.generation_yaml = generation_yaml
+        self.threshold = threshold
+        self.log_offset = log_offset
+        self.last_stop: StopRecord | None = None
+
+    def _exit100(self, run_dir: Path) -> list[str]:
+        if self.log_offset is None:
+            return []
+        text = _read_log_from(run_dir, self.log_offset)
+        return [m.group(1) for m in _FAILED_RE.finditer(text) if m.group(2) == "100"]
+
+    def check(self, directory: str = "./") -> bool:
+        p = Path(self.stop_file)
+        if p.exists() and p.stat().st_size > 0:
+            return True
+        return bool(self._exit100(Path(directory)))
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        run_dir = Path(directory)
+        killed = kill_stray_clients(run_dir)  # custodian has terminated the server; nothing may be left
+        jobs100 = self._exit100(run_dir)
+        p = Path(self.stop_file)
+        reason = (
+            "extrapolation: gamma above threshold (stop file)"
+            if p.exists() and p.stat().st_size > 0
+            else f"extrapolation: client exit 100 in {', '.join(jobs100)}"
+        )
+        rec = collect_stop(
+            run_dir, p, Path(self.candidates_dir), reason, self.generation_yaml, self.threshold
+        )
+        self.last_stop = rec
+        self.log_offset = _log_size(run_dir)
+        return {
+            "errors": [
+                f"{reason}; max gamma {rec.max_gamma}; {len(rec.candidates)} candidate(s) in {rec.folder}"
+                + (f"; killed stray clients {killed}" if killed else "")
+            ],
+            "actions": [],  # not corrected here: the run stops and the candidates go back to the caller
+        }
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    p = Path(run_dir) / LOCKFILE
+    try:
+        return int(p.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def lock_is_stale(run_dir: Path) -> bool:
+    """eOn's lockfile exists and does not belong to a living eOn server working in ``run_dir``."""
+    p = Path(run_dir) / LOCKFILE
+    if not p.exists():
+        return False
+    pid = lock_holder(run_dir)
+    if pid is None or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    cmd = " ".join(_cmdline(pid))
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
+    except OSError:
+        cwd = None
+    is_server = "eon" in cmd and "server" in cmd or "eon-server" in cmd or "eon.akmc" in cmd
+    return not (is_server and cwd == Path(run_dir).resolve())
+
+
+class StaleLockHandler(ErrorHandler):
+    """eOn's lockfile is left from a server that is gone (kill -9, another node, PID reused): remove it."""
+
+    is_monitor = False
+
+    def check(self, directory: str = "./") -> bool:
+        return lock_is_stale(Path(directory))
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        run_dir = Path(directory)
+        pid = lock_holder(run_dir)
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir / LOCKFILE).unlink()
+        killed = kill_stray_clients(run_dir)
+        actions: list[dict[str, Any]] = [{"action": "remove_stale_lockfile", "file": LOCKFILE, "pid": pid}]
+        if killed:
+            actions.append({"action": "kill_orphaned_clients", "pids": killed})
+        return {
+            "errors": [f"stale eOn lockfile (pid {pid} is not an eOn server in this folder)"],
+            "actions": actions,
+        }
+
+
+class ClientFailureHandler(ErrorHandler):
+    """Clients that failed without an extrapolation stop (killed, crashed). eOn drops those searches and makes
+    new ones next round: rerun the round, log which failed; unrecoverable after ``max_dead_rounds`` rounds in a
+    row in which every client failed."""
+
+    is_monitor = False
+    raises_runtime_error = True
+
+    def __init__(self, log_offset: int = 0, max_dead_rounds: int = 2) -> None:
+        self.log_offset = log_offset
+        self.max_dead_rounds = max_dead_rounds
+        self.dead_rounds = 0
+        self._pending: tuple[list[tuple[str, int]], int] | None = None
+
+    def _scan(self, run_dir: Path) -> tuple[list[tuple[str, int]], int]:
+        text = _read_log_from(run_dir, self.log_offset)
+        failed = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) != "100"]
+        finished = len(_FINISHED_RE.findall(text))
+        return failed, finished
+
+    def check(self, directory: str = "./") -> bool:
+        failed, finished = self._scan(Path(directory))
+        self._pending = (failed, finished)
+        if not failed:
+            self.log_offset = _log_size(Path(directory))
+            if finished:
+                self.dead_rounds = 0
+        return bool(failed)
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        run_dir = Path(directory)
+        failed, finished = self._pending or self._scan(run_dir)
+        self.log_offset = _log_size(run_dir)
+        self.dead_rounds = self.dead_rounds + 1 if finished == 0 else 0
+        errors = [f"eOn client failed: {job} (return code {rc})" for job, rc in failed]
+        if self.dead_rounds >= self.max_dead_rounds:
+            errors.append(f"every client failed in {self.dead_rounds} rounds in a row: not recoverable")
+            return {"errors": errors, "actions": []}
+        # eOn counts the failed searches as lost and submits fresh ones in the next round
+        return {
+            "errors": errors,
+            "actions": [{"action": "rerun_round", "dropped_searches": [j for j, _ in failed]}],
+        }
