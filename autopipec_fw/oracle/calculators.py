@@ -82,10 +82,20 @@ def _allowed_keys(name: str) -> set[str] | None:
         return set(EMT.default_parameters) | {"fixed_cutoff"}
     if name == "gpaw":
         try:
-            from gpaw import GPAW
+            import gpaw
         except ImportError:
             return None
-        return set(GPAW.default_parameters) - {"txt"}
+        import inspect
+
+        factory = getattr(getattr(gpaw, "dft", None), "GPAW", None) or gpaw.GPAW
+        try:
+            sig = inspect.signature(factory)
+        except (TypeError, ValueError):
+            return None
+        names = {n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        if not names:
+            return None
+        return names - {"txt", "communicator", "object_hooks", "legacy_gpaw"}
     if name == "espresso":
         from ase.io.espresso import pw_keys
 

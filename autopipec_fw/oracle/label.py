@@ -170,11 +170,13 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
     h = structure_hash(atoms)
     folder = Path(workdir) / h
     result = folder / RESULT_FILE
-    with file_lock(Path(workdir) / f".{h}.lock"):
-        if result.exists():
-            log.info("%s: already labelled, reusing", folder)
+    if result.exists():
+        log.info("%s: already labelled, reusing", folder)
+        return _read_result(result)
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".lock"):
+        if result.exists():  # another process finished it while we waited
             return _read_result(result)
-        folder.mkdir(parents=True, exist_ok=True)
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         atomic_write_bytes(folder / INPUT_FILE, _to_extxyz_bytes(clean))
         ohash = oracle_hash(settings)
