@@ -395,6 +395,29 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+def read_calls_file(path: Path | str) -> tuple[int, float | None]:
+    """(force calls, largest max-gamma) from a ``--calls-file`` (one line per evaluated call); (0, None) if absent.
+
+    A NaN gamma counts as the largest. Lines that are not numbers (a torn write) are counted, not compared.
+    """
+    p = Path(path)
+    if not p.exists():
+        return 0, None
+    n = 0
+    best: float | None = None
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            g = float(line)
+        except ValueError:
+            continue
+        if best is None or math.isnan(g) or (not math.isnan(best) and g > best):
+            best = g
+    return n, best
+
+
 def answer(workdir: Path | str, raw: dict[str, str], cache: PotentialCache) -> CallResult:
     """`process_folder` with option resolution and every failure turned into (code, one-line message)."""
     try:
@@ -572,11 +595,15 @@ class Evaluator:
         parts = data.decode("utf-8", "surrogateescape").split("\0")
         verb = parts[0]
         if verb == "EVAL" and len(parts) >= 2:
-            raw = dict(self.defaults)
+            req = {}
             for kv in parts[2:]:
                 k, _, v = kv.partition("=")
                 if k in _pd.OPTIONS:
-                    raw[k] = v
+                    req[k] = v
+            raw = dict(self.defaults)
+            if "potential" in req:  # another potential: its own active set, not the default one
+                raw.pop("active-set", None)
+            raw.update(req)
             r = answer(parts[1], raw, self.cache)
             self.stats.add(r)
             return f"{r.code} {r.message}"
@@ -797,6 +824,9 @@ def stop_evaluator(run_dir: Path | str, timeout: float = 10.0) -> bool:
     pid_file = run_dir / PID_NAME
     sock = _pd.socket_path_for(str(run_dir))
     stopped = False
+    for cpid, cproc in list(_CHILDREN.items()):  # reap evaluators of ours that ended (killed, idle, watched)
+        if cproc.poll() is not None:
+            _CHILDREN.pop(cpid, None)
     try:
         info = json.loads(pid_file.read_text())
         pid = int(info["pid"])

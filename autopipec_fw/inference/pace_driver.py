@@ -69,10 +69,12 @@ class UsageError(Exception):
 def parse_options(argv, environ):
     """Options as a dict of strings: command line over environment; relative paths made absolute."""
     opts = {}
+    level = {}  # where each option came from: 0 environment, 1+ position on the command line
     for name, (env, _, _) in OPTIONS.items():
         v = environ.get(env)
         if v:
             opts[name] = v
+            level[name] = 0
     i = 0
     n = len(argv)
     while i < n:
@@ -90,7 +92,11 @@ def parse_options(argv, environ):
                 raise UsageError(f"option --{name} needs a value")
             value = argv[i]
         opts[name] = value
+        level[name] = i + 1
         i += 1
+    # an active set belongs to the potential given with it: a potential given later uses its own .asi
+    if "active-set" in opts and level.get("potential", -1) > level["active-set"]:
+        del opts["active-set"]
     cwd = None
     for name, (_, is_path, _) in OPTIONS.items():
         v = opts.get(name)
