@@ -11,7 +11,7 @@ Layout of a campaign folder:
     oracle/<structure_hash>/   one folder per single point, raw output kept
     data/training.pckl.gzip    the training set (pacemaker DataFrame, provenance on every row)
     generations/gen_NNN/       one fitted potential per generation (.yaml, .yace, .asi, metrics)
-    akmc/                      the eOn run folder (resumed after every stop)
+    akmc/runs/0001/            the eOn run folder (resumed after every stop)
     stages/<stage>.json        the figures each stage returned (for status, report and benchmarks)
     validation/                held-out set and barrier checks
 """
@@ -61,7 +61,7 @@ class CampaignLayout:
 
     @property
     def akmc(self) -> Path:
-        return self.root / "akmc"
+        return self.root / "akmc" / "runs" / "0001"
 
     @property
     def stages(self) -> Path:
@@ -116,7 +116,7 @@ def prepare_campaign(campaign: Campaign, root: Path) -> CampaignLayout:
     """Create the folder and write campaign.yaml; a folder holding a different campaign is refused."""
     layout = CampaignLayout(Path(root))
     layout.root.mkdir(parents=True, exist_ok=True)
-    dist = campaign.package.dist_dir
+    dist = Path(os.path.expandvars(os.path.expanduser(str(campaign.package.dist_dir))))
     package = campaign.package.model_copy(update={"dist_dir": dist if dist.is_absolute() else Path.cwd() / dist})
     pinned = campaign.model_copy(update={"workdir": layout.root, "package": package})
     text = pinned.to_yaml()
