@@ -38,7 +38,12 @@ from typing import Any, Literal
 from ase import Atoms
 
 from autopipec_fw.config import AkmcSettings, GammaSettings
-from autopipec_fw.physics.dynamics.client import ClientSettings, write_client_script
+from autopipec_fw.physics.dynamics.client import (
+    ClientSettings,
+    start_worker,
+    stop_worker,
+    write_client_script,
+)
 from autopipec_fw.physics.dynamics.handlers import (
     ClientFailureHandler,
     ExtrapolationHandler,
@@ -78,6 +83,7 @@ class EonRunOptions:
     ``prefactor``: fixed prefactor (1/s) for every process; None = eOn computes harmonic TST prefactors (costs
     a Hessian per process). ``client_potential``: "ace" (the generation's potential) or "emt" (tests and
     benchmarks; no gamma). ``poll_seconds``: how often the monitor looks at the stop file during a round.
+    ``persistent_worker``: our client's jobs run in forks of one warm worker process (no imports per search).
     ``extra_config``: more config.ini entries, ``{"Section": {"key": "value"}}``, written last.
     """
 
@@ -85,6 +91,7 @@ class EonRunOptions:
     max_barrier: float = 10.0
     client_potential: Literal["ace", "emt"] = "ace"
     poll_seconds: float = 1.0
+    persistent_worker: bool = True
     extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
     max_dead_rounds: int = 2
 
@@ -112,6 +119,16 @@ class AkmcResult:
         d["candidates"] = [str(p) for p in self.candidates]
         d["report_path"] = str(self.report_path)
         return d
+
+
+def _custodian_errors(custodian: Any) -> str:
+    """The errors of the last job's corrections (what custodian gave up on), as one line."""
+    try:
+        corrections = custodian.run_log[-1]["corrections"]
+    except (AttributeError, IndexError, KeyError):
+        return ""
+    errs = [str(e) for c in corrections[-3:] for e in c.get("errors", [])]
+    return "; ".join(errs[-4:])
 
 
 def next_run_dir(root: Path) -> Path:
@@ -170,6 +187,7 @@ class EonWrapper:
         self.stop_file = self.run_dir / STOP_FILE
         self.candidates_dir = self.run_dir / CANDIDATES_DIR
         self._evaluator_started = False
+        self._worker: Any = None
 
     # ------------------------------------------------------------------------------------------ folder
 
@@ -343,6 +361,15 @@ class EonWrapper:
         )
         self._evaluator_started = True
 
+    def _start_worker(self) -> None:
+        if self.eon.runtime == "local" and not self._uses_ext_pot() and self.options.persistent_worker:
+            self._worker = start_worker(self.run_dir / CLIENT_SETTINGS)
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            stop_worker(self.run_dir, self._worker)
+            self._worker = None
+
     def _stop_evaluator(self) -> None:
         if self._evaluator_started:
             from autopipec_fw.inference.evaluator import stop_evaluator
@@ -414,9 +441,10 @@ class EonWrapper:
         )
         try:
             self._start_evaluator()
+            self._start_worker()
             custodian.run()
         except CustodianError as e:
-            message = str(getattr(e, "message", e))
+            message = _custodian_errors(custodian) or str(getattr(e, "message", e))
             status = "stopped" if extrap.last_stop is not None else "failed"
         except Exception as e:  # noqa: BLE001 - any other failure is reported, not raised through the stage
             log.exception("aKMC run in %s failed", self.run_dir)
@@ -424,6 +452,7 @@ class EonWrapper:
             status = "failed"
         finally:
             kill_stray_clients(self.run_dir)
+            self._stop_worker()
             self._stop_evaluator()
             self._keep_custodian_log()
         stop = extrap.last_stop
