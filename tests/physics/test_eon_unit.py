@@ -293,3 +293,74 @@ def test_client_process_search_on_emt(tmp_path, demo_atoms):
     assert np.linalg.norm(product.positions[-1] - reactant.positions[-1]) > 2.0  # the adatom hopped
     assert len(np.loadtxt(job / "mode.dat")) == len(saddle)
     shutil.rmtree(job)
+
+
+def test_external_runtime_config(tmp_path, demo_atoms):
+    """A user's own eOn: their client and server command, the potential through ext_pot + pace_driver.py."""
+    (tmp_path / "p.yaml").write_text("x")
+    (tmp_path / "p.asi").write_text("x")
+    client = tmp_path / "bin" / "eonclient"
+    client.parent.mkdir()
+    client.write_text("#!/bin/sh\nexit 0\n")
+    client.chmod(0o755)
+    eon = EonSettings(runtime="external", client_path=str(client), server_command=["eon-server"])
+    w = EonWrapper(
+        tmp_path / "run", tmp_path / "p.yaml", tmp_path / "p.asi", quick_akmc(eon=eon), GammaSettings()
+    )
+    w.setup(demo_atoms)
+    cp = configparser.ConfigParser()
+    cp.read(tmp_path / "run" / "config.ini")
+    assert cp["Communicator"]["client_path"] == str(client)
+    assert cp["Potential"]["potential"] == "ext_pot"
+    assert w.server_command() == ["eon-server"]
+    assert not (tmp_path / "run" / "eon_client").exists()  # nothing of ours stands in for eOn
+    env = w._env()
+    assert env["PACE_DRIVER_STOP_FILE"] == str(tmp_path / "run" / STOP_FILE)
+
+
+def _emt_job(tmp_path: Path, demo_atoms) -> Path:
+    from ase.io import write
+
+    job = tmp_path / "run" / "jobs" / "scratch" / "0_0"
+    job.mkdir(parents=True)
+    cp = _wrapper(tmp_path / "run").config(1)
+    cp["Main"]["job"] = "process_search"
+    with (job / "config.ini").open("w") as fh:
+        cp.write(fh)
+    write(job / "pos.con", demo_atoms, format="eon")
+    disp = demo_atoms.copy()
+    disp.positions[-1] += [0.1, 0.0, 0.0]
+    write(job / "displacement.con", disp, format="eon")
+    mode = np.zeros((len(disp), 3))
+    mode[-1, 0] = 1.0
+    np.savetxt(job / "direction.dat", mode)
+    return job
+
+
+@pytest.mark.parametrize("with_worker", [False, True])
+def test_client_script_with_and_without_worker(tmp_path, demo_atoms, with_worker):
+    """The executable eOn starts: runs the job itself, or hands it to the warm worker; same answer."""
+    from autopipec_fw.physics.dynamics.client import start_worker, stop_worker, write_client_script
+
+    run = tmp_path / "run"
+    _wrapper(run).setup(demo_atoms)
+    job = _emt_job(tmp_path, demo_atoms)
+    settings = ClientSettings(run_dir=str(run), potential="emt")
+    settings.write(run / "client.json")
+    script = write_client_script(run / "eon_client", run / "client.json")
+    worker = start_worker(run / "client.json") if with_worker else None
+    try:
+        with (job / "stdout.dat").open("w") as out, (job / "stderr.dat").open("w") as err:
+            p = subprocess.run([str(script)], cwd=job, stdout=out, stderr=err, timeout=300)
+    finally:
+        if worker is not None:
+            assert stop_worker(run, worker)
+    assert p.returncode == 0, (job / "stderr.dat").read_text()
+    res = dict(reversed(line.split(None, 1)) for line in (job / "results.dat").read_text().splitlines())
+    assert res["termination_reason"] == "0"
+    calls = [json.loads(x) for x in (run / "client_calls.jsonl").read_text().splitlines()]
+    assert calls[-1]["job"] == "0_0" and calls[-1]["force_calls"] == int(res["total_force_calls"])
+    if with_worker:
+        assert calls[-1]["pid"] != worker.pid  # a fork of the worker ran it
+        assert calls[-1]["startup_seconds"] < 0.5  # no imports in the job's own process
+    assert processes_in(run) == []

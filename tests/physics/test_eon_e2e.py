@@ -1,0 +1,132 @@
+"""Real eOn aKMC end to end (server from the eon-akmc sdist, our pyeonclient client, ACE in-process) on the demo:
+a Cu adatom on a 3x3x3 Cu(100) slab. Kept short: one KMC step, confidence 0.5, two searches per round."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from ase.io import read
+
+from autopipec_fw.config import GammaSettings
+from autopipec_fw.physics.dynamics.eon import run_akmc
+from autopipec_fw.physics.dynamics.report import RunState, read_processes
+from tests.fixtures.eon import processes_in, quick_akmc
+
+pytestmark = pytest.mark.slow
+
+GAMMA = GammaSettings(threshold=5.0, select_lower=2.0, max_selected=4)
+
+
+def _wait_gone(run: Path, timeout: float = 15.0) -> list:
+    deadline = time.monotonic() + timeout
+    left = processes_in(run)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = processes_in(run)
+    return left
+
+
+def test_bulk_potential_stops_then_new_generation_resumes(
+    tmp_path, demo_atoms, cu_bulk_potential, cu_surface_potential
+):
+    """Bulk-only potential: the run stops with candidates and leaves nothing running. The folder then resumes
+    with a potential that covers the surface (what the loop does after an upfit) and completes the KMC step."""
+    run = tmp_path / "runs" / "0001"
+    r = run_akmc(run, demo_atoms, cu_bulk_potential.yaml, cu_bulk_potential.asi, quick_akmc(), GAMMA)
+    assert r.status == "stopped", r.message
+    assert processes_in(run) == []
+    assert r.candidates and all(p.is_file() for p in r.candidates)
+    grades = [float(read(p).info["max_gamma"]) for p in r.candidates]
+    assert max(grades) > GAMMA.threshold and r.max_gamma == pytest.approx(max(grades))
+    assert len(r.stops) == 1 and "extrapolation" in r.stops[0]["reason"]
+    log = json.loads((run / "custodian.json").read_text())
+    assert any(c["handler"]["@class"] == "ExtrapolationHandler" for c in log[-1]["corrections"])
+
+    r2 = run_akmc(run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(), GAMMA)
+    assert r2.status == "completed", r2.message
+    assert r2.kmc_steps == 1 and r2.simulated_time > 0 and r2.states_visited == 2
+    assert r2.candidates == [] and len(r2.stops) == 1  # the first stop is not handed back again
+    assert r2.force_calls > 100
+    assert processes_in(run) == []
+    rep = json.loads(Path(r2.report_path).read_text())
+    assert [x["status"] for x in rep["runs"]] == ["stopped", "completed"]
+    assert rep["generations"] == [str(cu_bulk_potential.yaml), str(cu_surface_potential.yaml)]
+    assert all(p["barrier"] > 0 for p in rep["processes"])
+
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from autopipec_fw.config import GammaSettings
+    from autopipec_fw.physics.dynamics.eon import run_akmc
+    from tests.fixtures.eon import demo_structure, quick_akmc
+    r = run_akmc(Path(sys.argv[1]), demo_structure(), Path(sys.argv[2]), Path(sys.argv[3]), quick_akmc(),
+                 GammaSettings(threshold=5.0, select_lower=2.0, max_selected=4))
+    print(r.status)
+    """
+)
+
+
+def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
+    """kill -9 of the whole supervision (server, and the supervisor with it) in the middle of a round, after
+    some searches were registered; nothing is left running, and a resume completes without losing them."""
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parents[2]
+    sup = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            SUPERVISOR,
+            str(run),
+            str(cu_surface_potential.yaml),
+            str(cu_surface_potential.asi),
+        ],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    table = run / "states" / "0" / "processtable"
+    deadline = time.monotonic() + 300
+    server_pid = None
+    while time.monotonic() < deadline and sup.poll() is None:
+        # wait until results were registered and the next round's clients are busy
+        busy = (
+            list((run / "jobs" / "scratch").glob("*/stdout.dat"))
+            if (run / "jobs" / "scratch").is_dir()
+            else []
+        )
+        if (
+            table.exists()
+            and len(table.read_text().splitlines()) > 1
+            and busy
+            and (run / "lockfile").exists()
+        ):
+            server_pid = int((run / "lockfile").read_text())
+            break
+        time.sleep(0.2)
+    assert server_pid is not None, "no round with registered searches was seen"
+    before = {(p["state"], p["process"]) for p in read_processes(run)}
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server_pid, signal.SIGKILL)
+    os.killpg(sup.pid, signal.SIGKILL)
+    sup.wait()
+    assert _wait_gone(run) == []  # the worker follows its supervisor, the clients their worker
+
+    r = run_akmc(run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(), GAMMA)
+    assert r.status == "completed", r.message
+    assert r.kmc_steps == 1
+    after = {(p["state"], p["process"]) for p in read_processes(run)}
+    assert before <= after  # nothing registered before the kill was lost
+    assert processes_in(run) == []
+    assert RunState.load(run).rounds >= 2
