@@ -233,6 +233,11 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         "force_calls": result.force_calls, "max_gamma": result.max_gamma,
         "seconds": round(seconds, 3), "selected_file": None, "n_selected": 0, "n_candidates": 0,
     }
+    try:  # time spent inside the potential (for the overhead benchmark); cumulative over the folder
+        fc = json.loads(Path(result.report_path).read_text()).get("force_calls", {})
+        out["potential_seconds"] = (fc.get("client") or {}).get("potential_seconds")
+    except (OSError, ValueError):
+        out["potential_seconds"] = None
     if result.status == "failed":
         raise RuntimeError(f"{layout.akmc}: eOn aKMC failed; see {result.report_path}")
     if result.status == "stopped":
@@ -287,8 +292,9 @@ def validate(layout: CampaignLayout) -> dict[str, Any]:
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation to validate")
     runs = [layout.akmc] if (layout.akmc / "config.ini").exists() else []
+    t0 = time.perf_counter()
     result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset)
-    figures = {"generation": gen.index, **result.to_dict()}
+    figures = {"generation": gen.index, "seconds": round(time.perf_counter() - t0, 3), **result.to_dict()}
     figures.pop("parity", None)  # bulky; kept in validation/validation.json
     record_stage(layout, "validate", figures)
     return figures
