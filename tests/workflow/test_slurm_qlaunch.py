@@ -18,6 +18,7 @@ from tests.fixtures.slurm import (
     qlaunch_until_done,
     read_ledger,
     start_cluster,
+    write_queue_files,
 )
 
 
@@ -53,6 +54,8 @@ def test_own_cluster_stops_without_leftovers(tmp_path: Path) -> None:
         cluster.stop()
     assert cluster.leftover_processes() == []
     assert not any(pid_alive(pid) for pid in pids.values())  # (a zombie awaiting init's reaping counts as gone)
+    cluster.shutdown()
+    assert not cluster.root.exists()
 
 
 def _add_workflow(db, ledger: Path) -> dict[str, int]:
@@ -106,3 +109,22 @@ def test_qlaunch_rapidfire_runs_each_firework_as_one_slurm_job(embedded_db, slur
     assert len(list(launch_dir.rglob("FW_submit.script"))) == len(ids)
     assert slurm_cluster.queue() == []
     print(f"qlaunch: 3 Fireworks via SLURM in {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_qlaunch_until_done_reports_a_dead_job_script(embedded_db, slurm_cluster, tmp_path: Path) -> None:
+    """A job script that cannot start rlaunch leaves the Firework RESERVED: the helper says so, with the job's
+    error file, instead of waiting for its timeout."""
+    ids = _add_workflow(embedded_db, tmp_path / "ledger.jsonl")
+    write_queue_files(embedded_db.workspace)
+    qadapter_path = embedded_db.workspace / "my_qadapter.yaml"
+    qadapter = yaml.safe_load(qadapter_path.read_text())
+    qadapter["rocket_launch"] = "/nonexistent/rlaunch singleshot"
+    qadapter_path.write_text(yaml.safe_dump(qadapter))
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match=r"(?s)RESERVED but no SLURM job.*nonexistent/rlaunch"):
+        qlaunch_until_done(embedded_db, slurm_cluster, tmp_path / "launches", timeout=120,
+                           fw_ids=list(ids.values()), write_files=False, stall=5)
+    assert time.monotonic() - t0 < 60
+    assert embedded_db.launchpad().get_fw_by_id(ids["prepare"]).state == "RESERVED"
+    assert slurm_cluster.queue() == []
