@@ -580,6 +580,23 @@ def validate_potential(
     }
     result = ValidationResult(passed=False, thresholds=thresholds, workdir=str(workdir.resolve()))
 
+    # how barriers are checked: decided (and refused) before any oracle work
+    if barrier_method not in ("auto", "neb", "path"):
+        raise ValidationError(f"barrier_method {barrier_method!r}: expected 'auto', 'neb' or 'path'")
+    if barrier_method == "auto":
+        method: Literal["neb", "path"] = "neb" if campaign.oracle.calculator in _CHEAP_ORACLES else "path"
+    else:
+        method = barrier_method
+    oracle = (
+        oracle_calculator_factory(campaign.oracle, workdir / "barriers" / "neb", set(campaign.elements))
+        if method == "neb"
+        else None
+    )
+    if method == "neb" and oracle is None:
+        raise ValidationError(
+            f"barrier_method 'neb' needs an in-process oracle ({sorted(_CHEAP_ORACLES)}); "
+            f"oracle.calculator is {campaign.oracle.calculator!r}: use barrier_method 'path'"
+        )
     processes: list[ProcessRecord] = []
     temps: list[float] = []
     for rd in eon_run_dirs:
@@ -605,20 +622,6 @@ def validate_potential(
         result.notes.append("validation.n_holdout is 0: no held-out errors computed")
 
     # 2. barriers
-    if barrier_method == "auto":
-        method: Literal["neb", "path"] = "neb" if campaign.oracle.calculator in _CHEAP_ORACLES else "path"
-    else:
-        method = barrier_method
-    oracle = (
-        oracle_calculator_factory(campaign.oracle, workdir / "barriers" / "neb", set(campaign.elements))
-        if method == "neb"
-        else None
-    )
-    if method == "neb" and oracle is None:
-        raise ValidationError(
-            f"barrier_method 'neb' needs an in-process oracle ({sorted(_CHEAP_ORACLES)}); "
-            f"oracle.calculator is {campaign.oracle.calculator!r}: use barrier_method 'path'"
-        )
     chosen = distinct_processes(processes, vs.max_barriers)
     for p in chosen:
         row = process_barriers(

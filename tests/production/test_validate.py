@@ -57,3 +57,34 @@ def test_result_round_trip(bulk_validation: ValidationResult, tmp_path) -> None:
     back = ValidationResult.read(p)
     assert back.to_dict() == json.loads(p.read_text())
     assert back.metrics() == bulk_validation.metrics()
+
+
+def test_path_method_labels_the_learned_path(eon_run_dir, tmp_path) -> None:
+    """method 'path' (for DFT oracles): oracle single points through the oracle stage on the learned CI-NEB
+    path. With EMT standing in for the learned potential the path is EMT's own, so the oracle's barrier along
+    it must equal the EMT barrier eOn recorded."""
+    from ase.calculators.emt import EMT
+
+    from autopipec_fw.config import OracleSettings
+    from autopipec_fw.production.eon_results import read_processes
+    from autopipec_fw.production.validate import default_labeller, distinct_processes, process_barriers
+
+    proc = distinct_processes(read_processes(eon_run_dir), 1)[0]
+    row = process_barriers(
+        proc, EMT, None, OracleSettings(), tmp_path / "barriers", default_labeller, "path", n_images=3
+    )
+    assert row.method == "path" and row.converged
+    assert row.learned_barrier == pytest.approx(proc.barrier, abs=0.005)
+    assert row.oracle_barrier == pytest.approx(row.learned_barrier, abs=1e-6)
+    assert len(list((tmp_path / "barriers").iterdir())) == 5  # one oracle folder per image (3 + 2 endpoints)
+
+
+def test_missing_potential_and_neb_for_dft_are_clear_errors(bulk_campaign, tmp_path) -> None:
+    from autopipec_fw.production.validate import ValidationError, validate_potential
+
+    with pytest.raises(ValidationError, match=r"the \.yace file .*nothing\.yace does not exist"):
+        validate_potential({"yace": str(tmp_path / "nothing.yace")}, bulk_campaign, tmp_path, [])
+    (tmp_path / "p.yace").write_text("x")
+    dft = bulk_campaign.model_copy(update={"oracle": bulk_campaign.oracle.model_copy(update={"calculator": "gpaw"})})
+    with pytest.raises(ValidationError, match="barrier_method 'neb' needs an in-process oracle"):
+        validate_potential({"yace": str(tmp_path / "p.yace")}, dft, tmp_path, [], barrier_method="neb")
