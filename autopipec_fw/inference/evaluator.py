@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -29,7 +30,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,6 +81,7 @@ class DriverOptions:
     candidates_dir: Path | None = None
     calls_file: Path | None = None
 
+    @functools.cache  # noqa: B019 - options are few and immutable; the policy is reused call after call
     def policy(self) -> StopPolicy:
         return StopPolicy(
             self.gamma_max, self.gamma_select, self.stop_file, self.candidates_dir, self.max_selected
@@ -163,6 +164,10 @@ def parse_extpot_input(text: str, source: str = INPUT_NAME) -> tuple[np.ndarray,
             _pd.EXIT_INPUT,
             f"{source} is truncated: {len(lines)} lines, need 3 box rows and at least one atom",
         )
+    fast = _parse_fast(lines)
+    if fast is not None:
+        return fast
+    # something is wrong: go line by line to name it
     cell = np.empty((3, 3))
     n_at = len(lines) - 3
     numbers = np.empty(n_at, dtype=int)
@@ -207,6 +212,22 @@ def parse_extpot_input(text: str, source: str = INPUT_NAME) -> tuple[np.ndarray,
     return numbers, pos, cell
 
 
+def _parse_fast(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Vectorised parse of well-formed input; None when anything looks wrong (the slow path explains)."""
+    rows = [ln.split() for ln in lines]
+    if any(len(r) != 3 for r in rows[:3]) or any(len(r) != 4 for r in rows[3:]):
+        return None
+    try:
+        cell = np.array(rows[:3], dtype=float)
+        at = np.array(rows[3:], dtype=float)
+        numbers = np.array([int(r[0]) for r in rows[3:]], dtype=int)
+    except ValueError:
+        return None
+    if not (np.isfinite(cell).all() and np.isfinite(at).all()) or abs(np.linalg.det(cell)) < 1e-9:
+        return None
+    return numbers, at[:, 1:].copy(), cell
+
+
 def _is_float(v: str) -> bool:
     try:
         float(v)
@@ -223,10 +244,16 @@ def format_extpot_output(energy: float, forces: np.ndarray) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    """Write to a hidden temporary file unique to this process and thread, then rename over ``path``."""
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}"
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -418,10 +445,16 @@ def read_calls_file(path: Path | str) -> tuple[int, float | None]:
     return n, best
 
 
+@functools.lru_cache(maxsize=64)
+def _resolve_cached(items: tuple[tuple[str, str], ...], parent: str) -> DriverOptions:
+    # the options depend on the call folder only through its parent (the default stop file and candidates)
+    return resolve_options(dict(items), Path(parent) / "_")
+
+
 def answer(workdir: Path | str, raw: dict[str, str], cache: PotentialCache) -> CallResult:
     """`process_folder` with option resolution and every failure turned into (code, one-line message)."""
     try:
-        opts = resolve_options(raw, workdir)
+        opts = _resolve_cached(tuple(sorted(raw.items())), str(Path(workdir).parent))
         return process_folder(workdir, opts, cache)
     except DriverError as exc:
         return CallResult(exc.code, str(exc))

@@ -20,7 +20,7 @@ When the fallback needs pyace and the running interpreter lacks it, the driver r
 ``PACE_DRIVER_PYTHON`` or the project's ``.venv/bin/python`` next to the package.
 """
 
-import os
+import posix  # the built-in half of `os`: importing os itself costs milliseconds on this path
 import sys
 
 INPUT_NAME = "from_eon_to_extpot"
@@ -97,14 +97,38 @@ def parse_options(argv, environ):
     # an active set belongs to the potential given with it: a potential given later uses its own .asi
     if "active-set" in opts and level.get("potential", -1) > level["active-set"]:
         del opts["active-set"]
-    cwd = None
     for name, (_, is_path, _) in OPTIONS.items():
         v = opts.get(name)
         if is_path and v and not v.startswith("/"):
-            if cwd is None:
-                cwd = os.getcwd()
-            opts[name] = os.path.normpath(os.path.join(cwd, v))
+            opts[name] = abspath(v)
     return opts
+
+
+def abspath(p):
+    """``os.path.abspath`` (lexical: joined with the current folder, ``.`` and ``..`` resolved) without os."""
+    if not p.startswith("/"):
+        p = posix.getcwd() + "/" + p
+    parts = []
+    for seg in p.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(seg)
+    return "/" + "/".join(parts)
+
+
+def known_environment():
+    """The driver's variables from the environment (str), read through posix without importing os."""
+    env = posix.environ
+    out = {}
+    for name, _, _ in OPTIONS.values():
+        v = env.get(name.encode())
+        if v:
+            out[name] = v.decode("utf-8", "surrogateescape")
+    return out
 
 
 def usage():
@@ -131,12 +155,14 @@ def socket_path(opts):
 
 def socket_path_for(run_dir):
     """``<run_dir>/pace_evaluator.sock``, or a short path under the temp dir when that is too long for AF_UNIX."""
-    p = os.path.join(os.path.abspath(run_dir), SOCKET_NAME)
+    d = abspath(run_dir)
+    p = d + "/" + SOCKET_NAME
     if len(p.encode()) <= 100:
         return p
     import hashlib  # only for very long run-dir paths
+    import os
 
-    h = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:24]
+    h = hashlib.sha256(d.encode()).hexdigest()[:24]
     base = os.environ.get("TMPDIR") or "/tmp"
     return os.path.join(base, f"autopipec-{os.getuid()}", h + ".sock")
 
@@ -182,6 +208,8 @@ def forward(sock_path, payload, timeout):
 
 
 def _venv_python():
+    import os
+
     env = os.environ.get("PACE_DRIVER_PYTHON")
     if env:
         return env
@@ -192,6 +220,8 @@ def _venv_python():
 
 def run_local(workdir, opts, argv):
     """Fallback: load the potential in this process (imports pyace: ~1 s)."""
+    import os
+
     if sys.flags.no_site:
         import site
 
@@ -226,14 +256,14 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     try:
-        opts = parse_options(argv, os.environ)
+        opts = parse_options(argv, known_environment())
     except UsageError as exc:
         if str(exc) == "help":
             sys.stdout.write(usage() + "\n")
             return EXIT_OK
         sys.stderr.write(f"pace_driver: {exc}\n")
         return EXIT_INPUT
-    workdir = os.getcwd()
+    workdir = posix.getcwd()
     result = None
     sock = socket_path(opts)
     if sock:
