@@ -146,13 +146,13 @@ class ValidationResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ValidationResult:
-        d = dict(d)
-        rows = []
-        for b in d.pop("barriers", []) or []:
-            b = dict(b)
-            b.pop("error_meV", None)
-            rows.append(BarrierRow(**b))
-        return cls(barriers=rows, **d)
+        """Inverse of `to_dict`; keys this version does not know (e.g. figures a caller added) are ignored."""
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)} - {"barriers"}
+        row_keys = {f.name for f in fields(BarrierRow)}
+        rows = [BarrierRow(**{k: v for k, v in dict(b).items() if k in row_keys}) for b in d.get("barriers") or []]
+        return cls(barriers=rows, **{k: v for k, v in d.items() if k in known})
 
     def write(self, path: Path) -> Path:
         """JSON (with parity data), written atomically."""

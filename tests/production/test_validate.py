@@ -57,6 +57,9 @@ def test_result_round_trip(bulk_validation: ValidationResult, tmp_path) -> None:
     back = ValidationResult.read(p)
     assert back.to_dict() == json.loads(p.read_text())
     assert back.metrics() == bulk_validation.metrics()
+    # a caller's extra figures (generation, seconds) do not break reading it back
+    extra = ValidationResult.from_dict(bulk_validation.to_dict() | {"generation": 3, "seconds": 1.0})
+    assert extra.to_dict() == bulk_validation.to_dict()
 
 
 def test_path_method_labels_the_learned_path(eon_run_dir, tmp_path) -> None:
