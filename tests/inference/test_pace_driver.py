@@ -14,6 +14,7 @@ import pytest
 
 from autopipec_fw.inference import pace_driver
 from autopipec_fw.inference.evaluator import (
+    driver_environment,
     driver_path,
     evaluator_stats,
     read_calls_file,
@@ -379,3 +380,28 @@ def test_socket_path_for_long_run_dirs(tmp_path):
     p = pace_driver.socket_path_for(str(deep))
     assert len(p.encode()) <= 100 and p.endswith(".sock")
     assert p == pace_driver.socket_path_for(str(deep))  # the driver and the evaluator agree
+
+
+def test_bare_path_with_environment_only(tmp_path, daemon, cu_surface_potential):
+    """eOn's ext_pot_path = the package script, options from the environment (driver_environment)."""
+    atoms = adatom_slab(0.03, seed=21)
+    wd = write_input(tmp_path / "extpot_1_0", atoms)
+    env = driver_environment(potential=cu_surface_potential.yaml, run_dir=daemon.run_dir, fallback=0)
+    assert set(env) == {"PACE_DRIVER_POTENTIAL", "PACE_DRIVER_RUN_DIR", "PACE_DRIVER_FALLBACK"}
+    r = run([str(driver_path())], wd, **env)  # whatever python3 is on PATH: forwarding needs no packages
+    assert r.returncode == 0, r.stderr
+    _assert_matches(wd, cu_surface_potential, atoms)
+
+
+def test_wrapper_for_an_interpreter_path_with_spaces(tmp_path, daemon):
+    odd = tmp_path / "my python" / "bin"
+    odd.mkdir(parents=True)
+    (odd / "python").symlink_to(PY)
+    w = write_driver_wrapper(tmp_path / "drv", python=str(odd / "python"), run_dir=daemon.run_dir, fallback=0)
+    assert w.read_text().startswith("#!/bin/sh\n")
+    wd = write_input(tmp_path / "extpot_1_0", adatom_slab())
+    r = run([str(w)], wd)
+    assert r.returncode == 0, r.stderr
+    assert (wd / OUT).exists()
+    with pytest.raises(TypeError, match="unknown driver option"):
+        write_driver_wrapper(tmp_path / "x", gamma=3)
