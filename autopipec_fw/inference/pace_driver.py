@@ -54,7 +54,8 @@ OPTIONS = {
     "run-dir": (
         "PACE_DRIVER_RUN_DIR",
         True,
-        "aKMC run folder: default for the socket, stop file (pace_stop) and candidates dir (candidates/)",
+        "aKMC run folder: holds the socket and the default stop file (pace_stop) and candidates dir "
+        "(pace_candidates/); without it those defaults go to the parent of the call folder (eOn's job folder)",
     ),
     "socket": ("PACE_DRIVER_SOCKET", True, "evaluator socket (default <run-dir>/pace_evaluator.sock)"),
     "fallback": ("PACE_DRIVER_FALLBACK", False, "1 (default): load the potential when no evaluator answers"),
