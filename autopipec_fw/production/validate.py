@@ -69,6 +69,7 @@ class BarrierRow:
     oracle_barrier: float
     method: str
     converged: bool
+    note: str = ""  # e.g. endpoints that relax into one minimum: the process does not exist there
 
     @property
     def error_meV(self) -> float:
@@ -402,6 +403,17 @@ def neb_path(
     return images, ok and ok_r and ok_p
 
 
+def endpoint_separation(a: Atoms, b: Atoms) -> float:
+    """Largest displacement of any atom between two structures of the same cell (Å, minimum image)."""
+    from ase.geometry import find_mic
+
+    d, _ = find_mic(b.positions - a.positions, a.cell, a.pbc)
+    return float(np.max(np.linalg.norm(d, axis=1))) if len(a) else 0.0
+
+
+MERGED_ENDPOINTS = 0.2  # Å: relaxed reactant and product closer than this are the same minimum
+
+
 def process_barriers(
     process: ProcessRecord,
     learned: CalculatorFactory,
@@ -417,12 +429,17 @@ def process_barriers(
     saddle = read_con(process.saddle)
     product = read_con(process.product)
     images, ok_l = neb_path(reactant, saddle, product, learned, n_images=n_images, fmax=fmax)
+    notes = []
+    if endpoint_separation(images[0], images[-1]) < MERGED_ENDPOINTS:
+        notes.append("learned potential: product relaxes into the reactant")
     e_l = [im.get_potential_energy() for im in images]
     learned_barrier = max(e_l[1:-1] + [e_l[-1]]) - e_l[0]
     if method == "neb":
         if oracle is None:
             raise ValidationError(f"oracle {settings.calculator!r} has no in-process calculator for NEB")
         o_images, ok_o = neb_path(reactant, saddle, product, oracle, n_images=n_images, fmax=fmax)
+        if endpoint_separation(o_images[0], o_images[-1]) < MERGED_ENDPOINTS:
+            notes.append("oracle: product relaxes into the reactant (no such process)")
         e_o = [im.get_potential_energy() for im in o_images]
         oracle_barrier = max(e_o[1:-1] + [e_o[-1]]) - e_o[0]
         ok = ok_l and ok_o
@@ -446,6 +463,7 @@ def process_barriers(
         oracle_barrier=float(oracle_barrier),
         method=method,
         converged=ok,
+        note="; ".join(notes),
     )
 
 
@@ -633,6 +651,8 @@ def validate_potential(
         )
         if not row.converged:
             result.notes.append(f"NEB of state {p.state} process {p.process} did not fully converge")
+        if row.note:
+            result.failures.append(f"state {p.state} process {p.process}: {row.note}")
         result.barriers.append(row)
     if result.barriers:
         errs_b = [b.error_meV for b in result.barriers]

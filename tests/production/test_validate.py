@@ -91,3 +91,22 @@ def test_missing_potential_and_neb_for_dft_are_clear_errors(bulk_campaign, tmp_p
     dft = bulk_campaign.model_copy(update={"oracle": bulk_campaign.oracle.model_copy(update={"calculator": "gpaw"})})
     with pytest.raises(ValidationError, match="barrier_method 'neb' needs an in-process oracle"):
         validate_potential({"yace": str(tmp_path / "p.yace")}, dft, tmp_path, [], barrier_method="neb")
+
+
+def test_process_that_does_not_exist_for_the_oracle_fails(cu_bulk_potential, eon_run_dir, tmp_path) -> None:
+    """A 'process' whose product relaxes back into its reactant is no process: the gate says so."""
+    import shutil
+
+    from autopipec_fw.config import Campaign
+    from autopipec_fw.production.eon_results import read_processes
+    from autopipec_fw.production.validate import validate_potential
+
+    run = tmp_path / "run"
+    shutil.copytree(eon_run_dir, run)
+    for p in read_processes(run):
+        shutil.copyfile(p.reactant, p.product)
+    c = Campaign(validation={"n_holdout": 0, "max_barriers": 1})
+    r = validate_potential(cu_bulk_potential.generation, c, tmp_path / "v", [run])
+    assert not r.passed
+    assert any("oracle: product relaxes into the reactant" in f for f in r.failures), r.failures
+    assert "no held-out errors" in " ".join(r.notes)
