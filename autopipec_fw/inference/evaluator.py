@@ -982,8 +982,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--socket", help="socket path (default <run-dir>/pace_evaluator.sock)")
     ap.add_argument("--idle-timeout", type=float, default=None)
     ap.add_argument("--watch-pid", type=int, default=None)
+    ap.add_argument("--detach", action="store_true", help="start in the background, print its PID and exit")
+    ap.add_argument("--stop", action="store_true", help="stop the evaluator of --run-dir (by its PID file)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.stop:
+        print("stopped" if stop_evaluator(a.run_dir) else "no evaluator was running")  # noqa: T201 - CLI output
+        return 0
+    if a.detach:
+        if not a.potential:
+            ap.error("--potential is required")
+        try:
+            h = start_evaluator(
+                a.run_dir,
+                a.potential,
+                a.active_set,
+                gamma_max=float(a.gamma_max) if a.gamma_max else DEFAULT_GAMMA_MAX,
+                gamma_select=float(a.gamma_select) if a.gamma_select else None,
+                stop_file=a.stop_file,
+                candidates_dir=a.candidates_dir,
+                calls_file=a.calls_file,
+                max_selected=int(a.max_selected) if a.max_selected else None,
+                idle_timeout=a.idle_timeout if a.idle_timeout is not None else 3600.0,
+                watch_pid=a.watch_pid,
+            )
+        except (EvaluatorError, ValueError) as exc:
+            log.error("%s", exc)
+            return 1
+        print(h.pid)  # noqa: T201 - CLI output
+        return 0
     defaults = {}
     for name in _pd.OPTIONS:
         v = getattr(a, name.replace("-", "_"), None)

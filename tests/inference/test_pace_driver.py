@@ -405,3 +405,23 @@ def test_wrapper_for_an_interpreter_path_with_spaces(tmp_path, daemon):
     assert (wd / OUT).exists()
     with pytest.raises(TypeError, match="unknown driver option"):
         write_driver_wrapper(tmp_path / "x", gamma=3)
+
+
+def test_evaluator_command_line_detach_and_stop(tmp_path, cu_surface_potential):
+    """What a user with their own eOn runs: start in the background, then stop by the PID file."""
+    run_dir = tmp_path / "run"
+    mod = ["-m", "autopipec_fw.inference.evaluator", "--run-dir", str(run_dir)]
+    r = run([PY, *mod, "--potential", str(cu_surface_potential.yaml), "--detach"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.strip())
+    assert pace_driver_alive(pid)
+    wd = write_input(run_dir / "extpot_1_0", bulk_cell(seed=31))
+    assert run([str(driver_path())], wd, PACE_DRIVER_RUN_DIR=str(run_dir), PACE_DRIVER_FALLBACK="0").returncode == 0
+    r = run([PY, *mod, "--stop"], tmp_path)
+    assert r.returncode == 0 and "stopped" in r.stdout
+    for _ in range(100):
+        if not pace_driver_alive(pid):
+            break
+        time.sleep(0.05)
+    assert not pace_driver_alive(pid)
+    assert not (run_dir / "pace_evaluator.sock").exists()
