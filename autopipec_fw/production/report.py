@@ -61,6 +61,12 @@ def _figure(ncols: int = 1) -> tuple[Any, Any]:
     return plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.6), squeeze=False, layout="constrained")
 
 
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _img(b64: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
@@ -97,6 +103,7 @@ def plot_learning_curve(generations: Sequence[Mapping[str, Any]]) -> str:
             xs, ys = zip(*sorted(series[k]), strict=True)
             ax.plot(xs, ys, marker="o", label=k)
         ax.set_xlabel("generation")
+        _integer_x(ax)
         ax.set_ylabel(f"{kind} error ({unit})")
         if names:
             ax.legend(fontsize=7)
@@ -151,6 +158,7 @@ def plot_gamma(stops: Sequence[Any], threshold: float | None) -> str:
         ax.axhline(threshold, color="r", ls="--", lw=1, label=f"threshold {threshold:g}")
         ax.legend(fontsize=7)
     ax.set_xlabel("stop")
+    _integer_x(ax)
     ax.set_ylabel("max extrapolation grade γ")
     return _img(_png(fig), "max gamma per stop")
 
@@ -165,6 +173,7 @@ def plot_kmc(trajectory: Sequence[Mapping[str, Any]]) -> str:
     e0 = energies[0]
     axes[0][0].plot(steps, times, marker="o")
     axes[0][0].set_xlabel("KMC step")
+    _integer_x(axes[0][0])
     axes[0][0].set_ylabel("simulated time (s)")
     axes[0][1].step(times, [1000.0 * (e - e0) for e in energies], where="post", marker="o")
     axes[0][1].set_xlabel("simulated time (s)")
@@ -189,14 +198,14 @@ def barrier_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return _note("No aKMC process was checked against the oracle: no barrier table.")
     head = "<tr><th>state</th><th>process</th><th>eOn barrier (eV)</th><th>ACE barrier (eV)</th>" \
-        "<th>oracle barrier (eV)</th><th>error (meV)</th><th>method</th><th>converged</th></tr>"
+        "<th>oracle barrier (eV)</th><th>error (meV)</th><th>method</th><th>converged</th><th>note</th></tr>"
     body = []
     for r in rows:
         err = r.get("error_meV")
         if err is None and _finite(r.get("learned_barrier")) and _finite(r.get("oracle_barrier")):
             err = 1000.0 * abs(r["learned_barrier"] - r["oracle_barrier"])
         cells = [r.get("state"), r.get("process"), r.get("eon_barrier"), r.get("learned_barrier"),
-                 r.get("oracle_barrier"), err, r.get("method"), r.get("converged")]
+                 r.get("oracle_barrier"), err, r.get("method"), r.get("converged"), r.get("note", "")]
         body.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
