@@ -385,6 +385,7 @@ class EonWrapper:
             if self.kmc_steps_done() >= self.akmc.kmc_steps or self._stop_pending():
                 return
             counter[0] += 1
+            state = RunState.load(self.run_dir)  # handlers may have written to it since
             state.rounds += 1
             state.save(self.run_dir)
             yield EonJob(self.server_command(), self._env(), state.rounds, prepare=self._prepare_round)
