@@ -71,6 +71,8 @@ def readme_text(manifest: ProductionManifest) -> str:
         if lim.volume_per_atom_range
         else "n/a"
     )
+    t0, t1 = lim.temperature_range
+    temps = f"{t0:g} K" if t0 == t1 else f"{t0:g}-{t1:g} K"
     return f"""# {n} {manifest.version}
 
 {manifest.description}
@@ -121,7 +123,7 @@ gamma_max = calc.results["gamma"].max()
 
 - Elements: {", ".join(lim.elements)}; cutoff {lim.cutoff:g} Å.
 - Trust results only while max gamma stays below {lim.gamma_threshold:g} (the training threshold).
-- Temperature sampled by aKMC: {lim.temperature_range[0]:g}-{lim.temperature_range[1]:g} K.
+- Temperature sampled by aKMC: {temps}.
 - Bulk volume per atom in the training data: {vol}; linear strain vs the ideal crystal: {strain}.
 - Oracle: {manifest.oracle.calculator} (settings hash {manifest.oracle.settings_hash}); energies are
   relative to its reference, not comparable with other codes.
