@@ -86,7 +86,9 @@ def adatom_on_slab(s: StructureSettings, site: str = "hollow", size: Sequence[in
         add_adsorbate(slab, s.element, adatom_height(s), site)
     except (KeyError, TypeError) as e:
         sites = list(slab.info.get("adsorbate_info", {}).get("sites", {}))
-        raise StructureError(f"unknown adsorption site {site!r} for {s.lattice}({s.surface}); known: {sites}") from e
+        raise StructureError(
+            f"unknown adsorption site {site!r} for {s.lattice}({s.surface}); known: {sites}"
+        ) from e
     _fix_bottom(slab, nl, s.fixed_layers)
     return slab
 
@@ -101,7 +103,9 @@ def read_structure_file(path: Path) -> Atoms:
     try:
         atoms = read(path)
     except Exception as e:  # ASE raises many kinds for a bad file
-        raise StructureError(f"structure.file: ASE cannot read {path} as a structure ({type(e).__name__}: {e})") from None
+        raise StructureError(
+            f"structure.file: ASE cannot read {path} as a structure ({type(e).__name__}: {e})"
+        ) from None
     if isinstance(atoms, list):  # pragma: no cover - read() without index returns one frame
         atoms = atoms[-1]
     if len(atoms) == 0:
@@ -260,6 +264,8 @@ def initial_training_structures(c: Campaign) -> list[Atoms]:
     out += surface_training_structures(s, n=d.n_surface, rattle_stdev=d.rattle_stdev, seed=d.seed)
     unknown = sorted({sym for at in out for sym in at.get_chemical_symbols()} - set(c.elements))
     if unknown:
-        raise StructureError(f"structure: holds element(s) {unknown} that are not in campaign elements {c.elements}")
+        raise StructureError(
+            f"structure: holds element(s) {unknown} that are not in campaign elements {c.elements}"
+        )
     log.info("initial training set: %d structures (%d atoms)", len(out), sum(len(a) for a in out))
     return out

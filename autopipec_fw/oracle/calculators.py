@@ -34,7 +34,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "espresso": {
         "input_data": {
             "control": {"calculation": "scf", "tprnfor": True, "tstress": True},
-            "system": {"ecutwfc": 30.0, "ecutrho": 240.0, "occupations": "smearing", "smearing": "mv", "degauss": 0.02},
+            "system": {
+                "ecutwfc": 30.0,
+                "ecutrho": 240.0,
+                "occupations": "smearing",
+                "smearing": "mv",
+                "degauss": 0.02,
+            },
             "electrons": {"conv_thr": 1e-8, "mixing_beta": 0.7, "electron_maxstep": 100},
         },
         "kpts": [2, 2, 2],
@@ -147,6 +153,12 @@ def effective_parameters(settings: OracleSettings) -> dict[str, Any]:
     return _merge(DEFAULTS.get(name, {}), params)
 
 
+def _pseudo_rank(name: str) -> tuple[int, str]:
+    """Prefer ultrasoft (cheap cut-offs), then PAW, then the rest; ties by name."""
+    low = name.lower()
+    return (0 if "rrkjus" in low or "van" in low else 1 if "paw" in low else 2, name)
+
+
 def _espresso_pseudopotentials(symbols: set[str], pseudo_dir: Path, given: dict[str, str]) -> dict[str, str]:
     out = {}
     for s in sorted(symbols):
@@ -156,7 +168,13 @@ def _espresso_pseudopotentials(symbols: set[str], pseudo_dir: Path, given: dict[
                 raise OracleConfigError(f"oracle.parameters.pseudopotentials.{s}: {f} does not exist")
             out[s] = given[s]
             continue
-        cands = sorted(p.name for p in pseudo_dir.glob(f"{s}.*") if p.suffix.lower() == ".upf") if pseudo_dir.is_dir() else []
+        cands = (
+            sorted(
+                (p.name for p in pseudo_dir.glob(f"{s}.*") if p.suffix.lower() == ".upf"), key=_pseudo_rank
+            )
+            if pseudo_dir.is_dir()
+            else []
+        )
         if not cands:
             raise OracleConfigError(
                 f"oracle.parameters.pseudopotentials: no pseudopotential for {s} in {pseudo_dir} "
@@ -201,7 +219,9 @@ def make_calculator(
         from ase.calculators.espresso import Espresso, EspressoProfile
 
         pseudo_dir = Path(params.pop("pseudo_dir", DEFAULT_PSEUDO_DIR))
-        params["pseudopotentials"] = _espresso_pseudopotentials(symbols, pseudo_dir, params.get("pseudopotentials") or {})
+        params["pseudopotentials"] = _espresso_pseudopotentials(
+            symbols, pseudo_dir, params.get("pseudopotentials") or {}
+        )
         command = settings.command or "pw.x"
         argv = shlex.split(command)
         from shutil import which
@@ -215,4 +235,6 @@ def make_calculator(
                 params[key] = tuple(params[key])
         profile = EspressoProfile(command=command, pseudo_dir=str(pseudo_dir))
         return Espresso(profile=profile, directory=str(directory), **params)
-    raise OracleConfigError(f"oracle.calculator {name!r} has no ASE calculator here (vasp runs through custodian)")
+    raise OracleConfigError(
+        f"oracle.calculator {name!r} has no ASE calculator here (vasp runs through custodian)"
+    )

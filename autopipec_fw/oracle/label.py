@@ -73,9 +73,13 @@ def _scf_correction(settings: OracleSettings, params: dict[str, Any]) -> tuple[d
         actions.append({"dict": "parameters", "action": {"_set": {"maxiter": p["maxiter"]}}, "was": old_iter})
         mixer = dict(p.get("mixer") or {})
         old_beta = float(mixer.get("beta", 0.05))
-        mixer.update({"beta": round(old_beta / 2, 6), "nmaxold": int(mixer.get("nmaxold", 5)), "weight": 50.0})
+        mixer.update(
+            {"beta": round(old_beta / 2, 6), "nmaxold": int(mixer.get("nmaxold", 5)), "weight": 50.0}
+        )
         p["mixer"] = mixer
-        actions.append({"dict": "parameters", "action": {"_set": {"mixer.beta": mixer["beta"]}}, "was": old_beta})
+        actions.append(
+            {"dict": "parameters", "action": {"_set": {"mixer.beta": mixer["beta"]}}, "was": old_beta}
+        )
     elif settings.calculator == "espresso":
         el = p.setdefault("input_data", {}).setdefault("electrons", {})
         old_steps = int(el.get("electron_maxstep", 100))
@@ -83,9 +87,19 @@ def _scf_correction(settings: OracleSettings, params: dict[str, Any]) -> tuple[d
         el["electron_maxstep"] = 2 * old_steps
         el["mixing_beta"] = round(old_beta / 2, 6)
         actions.append(
-            {"dict": "input_data.electrons", "action": {"_set": {"electron_maxstep": el["electron_maxstep"]}}, "was": old_steps}
+            {
+                "dict": "input_data.electrons",
+                "action": {"_set": {"electron_maxstep": el["electron_maxstep"]}},
+                "was": old_steps,
+            }
         )
-        actions.append({"dict": "input_data.electrons", "action": {"_set": {"mixing_beta": el["mixing_beta"]}}, "was": old_beta})
+        actions.append(
+            {
+                "dict": "input_data.electrons",
+                "action": {"_set": {"mixing_beta": el["mixing_beta"]}},
+                "was": old_beta,
+            }
+        )
     return p, actions
 
 
@@ -104,8 +118,8 @@ def _log_correction(folder: Path, entry: dict) -> None:
     atomic_write_text(path, json.dumps(entries, indent=2))
 
 
-def _run_ase(atoms: Atoms, settings: OracleSettings, folder: Path) -> dict[str, Any]:
-    """Energy, forces, stress with SCF corrections; returns the results dict."""
+def _run_ase(atoms: Atoms, settings: OracleSettings, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Energy, forces, stress with SCF corrections; returns the results and the parameters actually used."""
     params = effective_parameters(settings)
     symbols = set(atoms.get_chemical_symbols())
     attempt = 0
@@ -123,9 +137,11 @@ def _run_ase(atoms: Atoms, settings: OracleSettings, folder: Path) -> dict[str, 
                     results["stress"] = np.array(work.get_stress())
                 except Exception as e:  # some setups cannot give stress; keep energy and forces
                     log.warning("%s: no stress (%s)", folder, e)
+            raw = getattr(calc, "parameters", None)
+            used = {k: v for k, v in (raw if isinstance(raw, dict) else params).items() if k != "txt"}
             if settings.calculator == "gpaw":
                 del calc  # closes the txt file
-            return results
+            return results, used
         except OracleConfigError:
             raise
         except Exception as exc:
@@ -185,17 +201,20 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
             from autopipec_fw.oracle.vasp import run_vasp
 
             results = run_vasp(clean, settings, folder)
+            used = effective_parameters(settings)
         else:
-            results = _run_ase(clean, settings, folder)
+            results, used = _run_ase(clean, settings, folder)
         seconds = time.monotonic() - t0
         out = clean.copy()
-        out.info.update({"structure_hash": h, "oracle_hash": ohash, "oracle": settings.calculator, "source": source})
+        out.info.update(
+            {"structure_hash": h, "oracle_hash": ohash, "oracle": settings.calculator, "source": source}
+        )
         out.calc = SinglePointCalculator(out, **results)
         meta = {
             "structure_hash": h,
             "oracle_hash": ohash,
             "calculator": settings.calculator,
-            "parameters": effective_parameters(settings),
+            "parameters": used,
             "source": source,
             "seconds": round(seconds, 3),
             "energy": results["energy"],

@@ -66,7 +66,9 @@ def _labels(atoms: Atoms, where: str) -> tuple[float, np.ndarray, np.ndarray | N
     """Energy, forces (unconstrained) and stress (or None) of a labelled structure."""
     calc = atoms.calc
     if calc is None or "energy" not in getattr(calc, "results", {}) or "forces" not in calc.results:
-        raise DatasetError(f"{where}: structure has no energy and forces attached (label it with the oracle first)")
+        raise DatasetError(
+            f"{where}: structure has no energy and forces attached (label it with the oracle first)"
+        )
     energy = float(calc.results["energy"])
     forces = np.array(calc.results["forces"], dtype=float).reshape(len(atoms), 3)
     stress = calc.results.get("stress")
@@ -79,7 +81,9 @@ def _labels(atoms: Atoms, where: str) -> tuple[float, np.ndarray, np.ndarray | N
 def fit_reference_energies(atoms_list: list[Atoms], energies: list[float]) -> dict[str, float]:
     """Per-element energies (eV/atom) that best explain `energies` by composition (least squares)."""
     elements = sorted({s for at in atoms_list for s in at.get_chemical_symbols()})
-    counts = np.array([[at.get_chemical_symbols().count(e) for e in elements] for at in atoms_list], dtype=float)
+    counts = np.array(
+        [[at.get_chemical_symbols().count(e) for e in elements] for at in atoms_list], dtype=float
+    )
     sol, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=float), rcond=None)
     return {e: float(v) for e, v in zip(elements, sol, strict=True)}
 
@@ -100,8 +104,12 @@ class TrainingSet:
         try:
             df = pd.read_pickle(self.path, compression="gzip")
         except Exception as e:
-            raise DatasetError(f"{self.path}: not a readable training set ({type(e).__name__}: {e})") from None
-        if not isinstance(df, pd.DataFrame) or not {"ase_atoms", "energy_corrected", "forces"} <= set(df.columns):
+            raise DatasetError(
+                f"{self.path}: not a readable training set ({type(e).__name__}: {e})"
+            ) from None
+        if not isinstance(df, pd.DataFrame) or not {"ase_atoms", "energy_corrected", "forces"} <= set(
+            df.columns
+        ):
             raise DatasetError(
                 f"{self.path}: not a pacemaker training set (expected a DataFrame with columns "
                 "ase_atoms, energy_corrected, forces)"
@@ -160,7 +168,9 @@ class TrainingSet:
             raise DatasetError(f"{self.path}: 'source' must name the stage that produced the structures")
         if not oracle_hash:
             raise DatasetError(f"{self.path}: 'oracle_hash' is required (OracleSettings.settings_hash())")
-        labelled = [_labels(at, f"{self.path}: structure {i} of the batch") for i, at in enumerate(atoms_list)]
+        labelled = [
+            _labels(at, f"{self.path}: structure {i} of the batch") for i, at in enumerate(atoms_list)
+        ]
         with file_lock(self.lock_path):
             df = self._read()
             stored = df.attrs.get("oracle_hash")

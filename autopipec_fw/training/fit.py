@@ -37,6 +37,8 @@ POTENTIAL_YAML = "potential.yaml"
 POTENTIAL_YACE = "potential.yace"
 POTENTIAL_ASI = "potential.asi"
 GENERATION_JSON = "generation.json"
+# bump when what a generation folder holds or how it is made changes (cache keys of test fixtures use it)
+RECIPE_VERSION = 2
 
 
 class FitError(RuntimeError):
@@ -150,14 +152,21 @@ def run_tool(argv: list[str], cwd: Path, threads: int, log_name: str, timeout: f
         out.flush()
         try:
             proc = subprocess.run(  # noqa: S603 - argument list, no shell
-                argv, cwd=cwd, env=tool_env(threads), stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+                argv,
+                cwd=cwd,
+                env=tool_env(threads),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired:
             raise FitError(f"{cwd}: {Path(argv[0]).name} timed out after {timeout} s; see {logf}") from None
     if proc.returncode != 0:
         tail = logf.read_text(errors="replace").strip().splitlines()[-8:]
         raise FitError(
-            f"{cwd}: {Path(argv[0]).name} exited with code {proc.returncode}; see {logf}\n  " + "\n  ".join(tail)
+            f"{cwd}: {Path(argv[0]).name} exited with code {proc.returncode}; see {logf}\n  "
+            + "\n  ".join(tail)
         )
 
 
@@ -221,8 +230,10 @@ def _rmse_from_predictions(path: Path) -> dict[str, float] | None:
     nat = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float) if "NUMBER_OF_ATOMS" in df else df["ase_atoms"].map(len)
     de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)) / nat
     df_f = np.concatenate(
-        [np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
-         for p, r in zip(df["forces_pred"], df["forces"], strict=True)]
+        [
+            np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
+            for p, r in zip(df["forces_pred"], df["forces"], strict=True)
+        ]
     )
     return {
         "energy_rmse": float(np.sqrt(np.mean(de**2)) * 1000.0),
@@ -286,7 +297,9 @@ def fit_generation(
         index = existing[-1][0] + 1 if existing else 0
         final = root / f"gen_{index:03d}"
         if final.exists():
-            raise FitError(f"{final}: exists but is not a complete generation; move it away (nothing is overwritten)")
+            raise FitError(
+                f"{final}: exists but is not a complete generation; move it away (nothing is overwritten)"
+            )
         work = root / f"{final.name}.partial-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
@@ -318,10 +331,19 @@ def fit_generation(
         log.info("%s: %s on %d structures", final.name, "upfit" if upfit else "fit", n_structures)
         run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
         if not (work / POTENTIAL_YAML).is_file():
-            raise FitError(f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}")
-        run_tool([tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE], work, settings.tf_threads, "tools.out")
+            raise FitError(
+                f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}"
+            )
         run_tool(
-            [tool_path("pace_activeset"), "-d", "fitting_data_info.pckl.gzip", POTENTIAL_YAML],
+            [tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE],
+            work,
+            settings.tf_threads,
+            "tools.out",
+        )
+        # active set over every labelled structure (train and test split), all atoms: whatever the oracle
+        # labelled counts as known, so the same candidates do not stop the next run again
+        run_tool(
+            [tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML],
             work,
             settings.tf_threads,
             "tools.out",
@@ -333,6 +355,7 @@ def fit_generation(
         metrics.update(
             {
                 "generation": index,
+                "recipe_version": RECIPE_VERSION,
                 "upfit": upfit,
                 "previous": previous.index if previous else None,
                 "n_structures": n_structures,

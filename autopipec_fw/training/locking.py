@@ -32,7 +32,9 @@ def file_lock(path: Path, timeout: float = 3600.0, poll: float = 0.2) -> Iterato
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(f"{path}: still locked by another process after {timeout:.0f} s") from None
+                    raise LockTimeout(
+                        f"{path}: still locked by another process after {timeout:.0f} s"
+                    ) from None
                 time.sleep(poll)
         try:
             yield

@@ -122,7 +122,11 @@ def _maxvol(pool: list[Atoms], generation: Generation, k: int, gamma_tolerance: 
     clean = [Atoms(numbers=a.numbers, positions=a.positions, cell=a.cell, pbc=a.pbc) for a in pool]
     df = pd.DataFrame({"ase_atoms": clean, "pool_index": range(len(clean))})
     selected = select_structures_maxvol(
-        df, bconf, extra_A0_projections_dict=extra, batch_size_option="none", gamma_tolerance=gamma_tolerance,
+        df,
+        bconf,
+        extra_A0_projections_dict=extra,
+        batch_size_option="none",
+        gamma_tolerance=gamma_tolerance,
         max_structures=k,
     )
     return [int(i) for i in selected["pool_index"]]
