@@ -114,3 +114,32 @@ def test_names_cannot_leave_dist(name: str, version: str, tmp_path) -> None:
     with pytest.raises(ReleaseError):
         ProductionDeployer(tmp_path / "dist").package_path(name, version)
     assert release_basename("cu-ace", "1.2.0-rc.1") == "cu-ace-1.2.0-rc.1"
+
+
+def test_release_raced_by_another_process_is_not_overwritten(
+    cu_bulk_potential, bulk_campaign, bulk_validation, tmp_path, monkeypatch
+) -> None:
+    """Another process publishes the same version between our check and our publish: ours is dropped."""
+    import os
+
+    from autopipec_fw.production import deployer
+
+    dist = tmp_path / "dist"
+    real_link = os.link
+
+    def racing_link(src, dst, *a, **k):
+        Path(dst).write_bytes(b"the other release")
+        return real_link(src, dst, *a, **k)
+
+    monkeypatch.setattr(deployer.os, "link", racing_link)
+    with pytest.raises(ReleaseError, match="released meanwhile"):
+        release_potential(bulk_campaign, cu_bulk_potential.generation, bulk_validation, dist)
+    assert [p.name for p in dist.iterdir()] == ["cu-bulk-test-1.0.0.zip"]
+    assert (dist / "cu-bulk-test-1.0.0.zip").read_bytes() == b"the other release"
+
+
+def test_generation_without_active_set_is_refused(cu_bulk_potential, bulk_campaign, bulk_validation, tmp_path) -> None:
+    gen = cu_bulk_potential.generation.to_dict() | {"asi": None}
+    with pytest.raises(ReleaseError, match=r"no \.asi file"):
+        release_potential(bulk_campaign, gen, bulk_validation, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists()
