@@ -199,13 +199,13 @@ class EonJob(Job):
         }
 
     def setup(self, directory: str | Path = "./") -> None:
-        run_dir = Path(directory)
-        kill_stray_clients(run_dir)
-        if self.prepare is not None:
-            self.prepare()
+        kill_stray_clients(Path(directory))
 
     def run(self, directory: str | Path = "./") -> subprocess.Popen[Any]:
         run_dir = Path(directory)
+        kill_stray_clients(run_dir)  # a rerun after the server died: its clients must not race the new one
+        if self.prepare is not None:
+            self.prepare()
         env = dict(os.environ)
         env.update(self.env)
         if self._log is not None and not self._log.closed:
