@@ -28,13 +28,21 @@ def test_start_is_idempotent_and_status_reports(embedded_db: EmbeddedDB) -> None
     assert lp.get_fw_ids() == [1]
 
 
-def test_stop_by_pid_leaves_nothing_running(tmp_path: Path) -> None:
+def test_stop_by_pid_leaves_nothing_running_and_data_survives(tmp_path: Path) -> None:
     db = start_embedded(tmp_path / "ws")
+    lp = db.launchpad()
+    lp.reset("", require_password=False)
+    lp.add_wf(Firework(ScriptTask.from_str("true"), name="kept"))
     pid = db.info.pid
     assert db.server.stop() is True
     assert not _pid_alive(pid)
     assert db.server.status()["running"] is False
     assert db.server.stop() is False  # nothing to stop
+    again = start_embedded(db.workspace)
+    try:
+        assert [fw["name"] for fw in again.launchpad().fireworks.find({}, {"name": 1})] == ["kept"]
+    finally:
+        again.server.stop()
 
 
 def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
