@@ -1,8 +1,9 @@
 """The ACE evaluation behind ``pace_driver.py``: parsing eOn's exchange files, the potential (reloaded when its
 files change), the stop policy, and the persistent evaluator that serves driver calls over a Unix socket.
 
-One function, `run_folder`, answers one ext_pot call; the driver's fallback calls it in its own process and the
-evaluator calls it for every forwarded request, so both give identical answers.
+One function, `answer` (`process_folder` with option resolution and one-line errors), answers one ext_pot call;
+the driver's fallback calls it in its own process (`run_folder`) and the evaluator for every forwarded request,
+so both give identical answers.
 
 Public API for other stages:
 
@@ -11,9 +12,11 @@ Public API for other stages:
 - `write_driver_wrapper(dest, ...) -> Path` (a tiny executable running the driver with this venv's Python,
   options baked in: what to put in eOn's ``ext_pot_path``)
 - `driver_environment(...) -> dict[str, str]` (the same options as environment variables)
+- `evaluator_stats(run_dir)`, `read_calls_file(path) -> (force calls, max gamma)`
 
 ``python -m autopipec_fw.inference.evaluator --run-dir D --potential P.yaml [--active-set P.asi] ...`` runs the
-evaluator in the foreground (what `start_evaluator` launches).
+evaluator in the foreground (what `start_evaluator` launches); ``--detach`` starts it in the background and prints
+its PID; ``--run-dir D --stop`` stops it.
 """
 
 from __future__ import annotations
