@@ -1,0 +1,118 @@
+"""Fit stage: the cached EMT Cu fit reaches its accuracy; an upfit learns the candidates; generations are kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from autopipec_fw.config import FitSettings, OracleSettings, StructureSettings
+from autopipec_fw.oracle.label import label_structures, oracle_hash
+from autopipec_fw.structures import surface_training_structures
+from autopipec_fw.training.dataset import TrainingSet
+from autopipec_fw.training.fit import (
+    FitError,
+    Generation,
+    fit_generation,
+    latest_generation,
+    pacemaker_input,
+    tool_env,
+)
+from autopipec_fw.training.select import max_gamma, select_structures
+from tests.fixtures.potentials import FIT
+
+
+def test_fit_on_emt_cu_reaches_test_force_rmse(cu_bulk_potential):
+    gen = cu_bulk_potential.generation
+    m = gen.metrics
+    assert 30 <= m["n_structures"] <= 45
+    assert m["test"]["n_structures"] >= 3
+    assert m["test_force_rmse"] <= 50.0, m  # meV/Å
+    assert m["test_energy_rmse"] <= 10.0, m  # meV/atom
+    # the metric is what the potential really does on the held-out structures
+    from pyace import PyACECalculator
+
+    test = pd.read_pickle(gen.dir / "test_data_info.pckl.gzip", compression="gzip")
+    calc = PyACECalculator(str(gen.yace))
+    diffs = []
+    for at, f in zip(test["ase_atoms"], test["forces"], strict=True):
+        a = at.copy()
+        a.calc = calc
+        diffs.append(a.get_forces() - np.asarray(f))
+    rmse = 1000 * np.sqrt(np.mean(np.concatenate(diffs) ** 2))
+    assert rmse == pytest.approx(m["test_force_rmse"], rel=0.02)
+    for f in (gen.yaml, gen.yace, gen.asi, gen.dir / "input.yaml", gen.dir / "training_data.pckl.gzip"):
+        assert f.is_file() and f.stat().st_size > 0
+    assert gen.dir.name == "gen_000"
+    assert Generation.load(gen.dir) == gen
+    assert Generation.from_dict(json.loads(json.dumps(gen.to_dict()))) == gen
+    assert latest_generation(gen.dir.parent) == gen
+
+
+def test_pacemaker_input_from_settings():
+    s = FitSettings(
+        cutoff=4.5, number_of_functions=12, max_iterations=77, upfit_iterations=33, kappa=0.4, seed=3
+    )
+    first = pacemaker_input(s, ["Cu", "Ag"], "data.pckl.gzip", 40, upfit=False)
+    assert first["potential"]["elements"] == ["Ag", "Cu"]
+    assert first["potential"]["bonds"]["ALL"]["rcut"] == 4.5
+    assert first["potential"]["functions"]["number_of_functions_per_element"] == 12
+    assert first["fit"]["maxiter"] == 77 and first["fit"]["loss"]["kappa"] == 0.4 and first["seed"] == 3
+    assert first["data"] == {"filename": "data.pckl.gzip", "test_size": 0.1}
+    assert pacemaker_input(s, ["Cu"], "d", 40, upfit=True)["fit"]["maxiter"] == 33
+    assert "test_size" not in pacemaker_input(s, ["Cu"], "d", 5, upfit=False)["data"]  # too small to split
+    env = tool_env(FitSettings(tf_threads=1).tf_threads)
+    assert env["TF_NUM_INTRAOP_THREADS"] == env["TF_NUM_INTEROP_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+
+
+def test_fit_bad_input(tmp_path):
+    with pytest.raises(FitError, match=r"missing\.pckl\.gzip: training set does not exist"):
+        fit_generation(tmp_path / "missing.pckl.gzip", FIT, ["Cu"], tmp_path / "gens")
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_upfit_brings_candidate_gamma_below_threshold(cu_bulk_potential, tmp_path):
+    threshold = 5.0
+    # work on copies: the cached fixture stays untouched
+    root = tmp_path / "generations"
+    shutil.copytree(cu_bulk_potential.generation.dir, root / "gen_000")
+    gen0 = latest_generation(root)
+    assert gen0 is not None and gen0.index == 0
+    before = {p.name: _digest(p) for p in gen0.dir.iterdir() if p.is_file()}
+    data = tmp_path / "training.pckl.gzip"
+    shutil.copyfile(cu_bulk_potential.training, data)
+
+    # candidates of a "stop": an adatom on Cu(100) that the bulk-only potential does not know
+    cands = surface_training_structures(StructureSettings(), n=8, rattle_stdev=0.08, seed=31)
+    g_before = max_gamma(cands, gen0)
+    assert g_before.min() > threshold
+    selected = select_structures(cands, gen0, k=3)
+    assert 1 <= len(selected) <= 3
+    oracle = OracleSettings()
+    labelled = label_structures(selected, oracle, tmp_path / "oracle", source="akmc-stop-1")
+    assert TrainingSet(data).add(labelled, "akmc-stop-1", oracle_hash(oracle)) == len(selected)
+
+    gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0)
+    assert gen1.index == 1 and gen1.dir == root / "gen_001"
+    assert gen1.metrics["upfit"] is True and gen1.metrics["previous"] == 0
+    assert gen1.metrics["n_structures"] == 34 + len(selected)
+    inp = yaml.safe_load((gen1.dir / "input.yaml").read_text())
+    assert inp["fit"]["maxiter"] == FIT.upfit_iterations
+    assert (gen1.dir / "previous_potential.yaml").read_text() == gen0.yaml.read_text()
+    assert "-p" in (gen1.dir / "pacemaker.out").read_text().splitlines()[0]
+
+    g_after = max_gamma(selected, gen1)
+    assert g_after.max() < threshold, g_after
+    assert max_gamma(cands, gen1).max() < g_before.max()  # the whole stop got better known
+    # the previous generation is untouched, and the new one did not overwrite anything
+    assert {p.name: _digest(p) for p in gen0.dir.iterdir() if p.is_file()} == before
+    assert latest_generation(root) == gen1
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["gen_000", "gen_001"]
