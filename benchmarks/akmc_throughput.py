@@ -157,9 +157,13 @@ def main() -> int:
         )
     if b and b["potential_per_call_ms"]:
         print(
-            f"(b) in-potential per call / raw (mean, 2 processes at once): "
-            f"{b['potential_per_call_ms'] / (1e3 * raw2['mean']):.2f}x (target <= 1.5); "
-            f"(b) whole job per call (incl. eOn's own work) / raw: {b['job_per_call_ms'] / (1e3 * raw2['mean']):.2f}x"
+            f"(b) whole eOn job per force call / time in the potential, same processes and moment: "
+            f"{b['job_per_call_ms'] / b['potential_per_call_ms']:.2f}x (target <= 1.5); "
+            f"whole run wall per call / potential: {b['wall_per_call_ms'] / b['potential_per_call_ms']:.2f}x"
+        )
+        print(
+            f"(b) in-potential per call / raw PyACECalculator measured separately (mean, 2 processes): "
+            f"{b['potential_per_call_ms'] / (1e3 * raw2['mean']):.2f}x (only meaningful on a quiet machine)"
         )
     print(f"run folders: {workdir}")
     if args.json:
