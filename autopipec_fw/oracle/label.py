@@ -181,21 +181,51 @@ def _read_result(path: Path) -> Atoms:
     return at
 
 
+def _reuse(result: Path, ohash: str) -> Atoms:
+    at = _read_result(result)
+    if at.info.get("oracle_hash") != ohash:
+        raise OracleError(
+            f"{result.parent}: holds a result of oracle settings {at.info.get('oracle_hash')}, not of the current "
+            f"{ohash}; labels of different settings never mix: give this oracle its own folder"
+        )
+    return at
+
+
+def _set_aside_failed_run(folder: Path) -> None:
+    """Move what an earlier, unfinished attempt left in `folder` into `failed_run_<n>/` (kept, not overwritten)."""
+    leftovers = [
+        p
+        for p in folder.iterdir()
+        if p.name not in (".lock", INPUT_FILE) and not p.name.startswith("failed_run_")
+    ]
+    if not leftovers:
+        return
+    n = 0
+    while (folder / f"failed_run_{n}").exists():
+        n += 1
+    dest = folder / f"failed_run_{n}"
+    dest.mkdir()
+    for p in leftovers:
+        p.rename(dest / p.name)
+    log.warning("%s: an earlier attempt did not finish; its files were moved to %s", folder, dest.name)
+
+
 def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str = "oracle") -> Atoms:
     """Label one structure in `workdir/<structure_hash>/` (reused when that folder already holds a result)."""
     h = structure_hash(atoms)
     folder = Path(workdir) / h
     result = folder / RESULT_FILE
+    ohash = oracle_hash(settings)
     if result.exists():
         log.info("%s: already labelled, reusing", folder)
-        return _read_result(result)
+        return _reuse(result, ohash)
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock"):
         if result.exists():  # another process finished it while we waited
-            return _read_result(result)
+            return _reuse(result, ohash)
+        _set_aside_failed_run(folder)
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         atomic_write_bytes(folder / INPUT_FILE, _to_extxyz_bytes(clean))
-        ohash = oracle_hash(settings)
         t0 = time.monotonic()
         if settings.calculator == "vasp":
             from autopipec_fw.oracle.vasp import run_vasp
@@ -231,6 +261,9 @@ def label_structures(
     """Energy, forces and stress for each structure (SinglePointCalculator attached, provenance in `info`:
     structure_hash, oracle_hash, oracle, source). One folder per structure under `workdir`."""
     structures = list(structures)
+    bad = [i for i, at in enumerate(structures) if not isinstance(at, Atoms) or len(at) == 0]
+    if bad:
+        raise OracleError(f"structures {bad}: not structures to label (expected non-empty ase.Atoms)")
     effective_parameters(settings)  # refuse bad parameters before anything runs
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

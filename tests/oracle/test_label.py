@@ -148,10 +148,46 @@ def test_espresso_scf_failure_is_corrected_then_reported(tmp_path):
 @pytest.mark.slow
 def test_gpaw_scf_failure_gets_more_iterations_and_recovers(tmp_path):
     pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
-    settings = OracleSettings(calculator="gpaw", parameters={"maxiter": 4}, max_scf_corrections=3)
+    # Γ-point only keeps this cheap: what is tested is the correction loop, not the physics
+    settings = OracleSettings(
+        calculator="gpaw",
+        parameters={"maxiter": 5, "kpts": {"size": [1, 1, 1], "gamma": True}},
+        max_scf_corrections=3,
+    )
     (lab,) = label_structures([cu4()], settings, tmp_path)
     folder = tmp_path / structure_hash(cu4())
     log = json.loads((folder / "corrections.json").read_text())
     assert 1 <= len(log) <= 3 and all(e["errors"] == ["scf_unconverged"] for e in log)
     assert (folder / "gpaw.attempt0.txt").exists() and (folder / "result.extxyz").exists()
     assert np.isfinite(lab.get_potential_energy())
+
+
+def test_folder_of_other_oracle_settings_is_not_reused(tmp_path):
+    at = cu4()
+    label_structures([at], OracleSettings(), tmp_path)
+    other = OracleSettings(parameters={"asap_cutoff": True})
+    with pytest.raises(OracleError, match="holds a result of oracle settings .* never mix"):
+        label_structures([at], other, tmp_path)
+
+
+def test_unfinished_attempt_is_set_aside_not_overwritten(tmp_path):
+    at = cu4()
+    folder = tmp_path / structure_hash(at)
+    folder.mkdir()
+    (folder / "gpaw.txt").write_text("output of a run that was killed\n")
+    (lab,) = label_structures([at], OracleSettings(), tmp_path)
+    assert (folder / "failed_run_0" / "gpaw.txt").read_text() == "output of a run that was killed\n"
+    assert (folder / "result.extxyz").exists() and np.isfinite(lab.get_potential_energy())
+
+
+def test_bad_structures_are_refused(tmp_path):
+    from ase import Atoms
+
+    with pytest.raises(OracleError, match=r"structures \[1\]: not structures to label"):
+        label_structures([cu4(), Atoms()], OracleSettings(), tmp_path)
+    with pytest.raises(OracleError, match="emt single point failed"):
+        label_structures(
+            [Atoms("U2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[8, 8, 8], pbc=True)],
+            OracleSettings(),
+            tmp_path,
+        )
