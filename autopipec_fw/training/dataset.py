@@ -242,7 +242,12 @@ class TrainingSet:
             return len(rows)
 
     def _write(self, df: pd.DataFrame) -> None:
-        buf = io.BytesIO()
-        with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-            pickle.dump(df, gz, protocol=4)
-        atomic_write_bytes(self.path, buf.getvalue())
+        write_frame(df, self.path)
+
+
+def write_frame(df: pd.DataFrame, path: Path) -> None:
+    """Write a DataFrame as pacemaker reads it (gzip pickle, protocol 4), atomically."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        pickle.dump(df, gz, protocol=4)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from autopipec_fw.config import FitSettings
-from autopipec_fw.training.dataset import TrainingSet
+from autopipec_fw.training.dataset import TrainingSet, write_frame
 from autopipec_fw.training.locking import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
@@ -264,8 +264,8 @@ def _cleanup_stale_partials(root: Path) -> None:
             continue
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
+        except ProcessLookupError:  # its fitter died: keep what it left, out of the way
+            log.warning("%s: left by a fit that died; moved to %s", p.name, _set_aside(p, root))
         except PermissionError:
             pass
 
@@ -291,6 +291,14 @@ def fit_generation(
         raise FitError(f"{dataset_path}: training set does not exist (label structures first)")
     if previous is not None and not Path(previous.yaml).is_file():
         raise FitError(f"{previous.yaml}: previous generation's potential is missing; cannot upfit")
+    frame = ts.frame()  # one consistent snapshot: the fit uses exactly this
+    n_structures = len(frame)
+    if n_structures == 0:
+        raise FitError(f"{dataset_path}: training set is empty")
+    present = sorted({s for at in frame["ase_atoms"] for s in at.get_chemical_symbols()})
+    extra = sorted(set(present) - set(elements))
+    if extra:
+        raise FitError(f"{dataset_path}: holds element(s) {extra} not in the fit's elements {elements}")
     with file_lock(root / ".fit.lock"):
         _cleanup_stale_partials(root)
         existing = generation_dirs(root)
@@ -303,85 +311,106 @@ def fit_generation(
         work = root / f"{final.name}.partial-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        t0 = time.monotonic()
-        with file_lock(ts.lock_path):
-            shutil.copyfile(dataset_path, work / DATA_FILE)
-        frame = pd.read_pickle(work / DATA_FILE, compression="gzip")
-        n_structures = len(frame)
-        if n_structures == 0:
-            raise FitError(f"{dataset_path}: training set is empty")
-        present = sorted({s for at in frame["ase_atoms"] for s in at.get_chemical_symbols()})
-        extra = sorted(set(present) - set(elements))
-        if extra:
-            raise FitError(f"{dataset_path}: holds element(s) {extra} not in the fit's elements {elements}")
-        upfit = previous is not None
-        inp = pacemaker_input(
-            settings,
-            elements,
-            DATA_FILE,
-            n_structures,
-            upfit,
-            metadata={"generation": index, "previous": previous.index if previous else None},
-        )
-        atomic_write_text(work / "input.yaml", yaml.safe_dump(inp, sort_keys=False))
-        argv = [tool_path("pacemaker"), "input.yaml", "-o", POTENTIAL_YAML]
-        if previous is not None:
-            shutil.copyfile(previous.yaml, work / "previous_potential.yaml")
-            argv += ["-p", "previous_potential.yaml"]
-        log.info("%s: %s on %d structures", final.name, "upfit" if upfit else "fit", n_structures)
-        run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
-        if not (work / POTENTIAL_YAML).is_file():
-            raise FitError(
-                f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}"
-            )
-        run_tool(
-            [tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE],
-            work,
-            settings.tf_threads,
-            "tools.out",
-        )
-        # active set over every labelled structure (train and test split), all atoms: whatever the oracle
-        # labelled counts as known, so the same candidates do not stop the next run again
-        run_tool(
-            [tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML],
-            work,
-            settings.tf_threads,
-            "tools.out",
-        )
-        for f in (POTENTIAL_YACE, POTENTIAL_ASI):
-            if not (work / f).is_file():
-                raise FitError(f"{work}: {f} was not produced; see {work / 'tools.out'}")
-        metrics = read_metrics(work)
-        metrics.update(
-            {
-                "generation": index,
-                "recipe_version": RECIPE_VERSION,
-                "upfit": upfit,
-                "previous": previous.index if previous else None,
-                "n_structures": n_structures,
-                "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
-                "max_iterations": inp["fit"]["maxiter"],
-                "oracle_hash": frame.attrs.get("oracle_hash"),
-                "reference_energies": frame.attrs.get("reference_energies"),
-                "seconds": round(time.monotonic() - t0, 1),
-                "dataset": str(dataset_path),
-            }
-        )
-        gen = Generation(
-            index=index,
-            dir=final,
-            yaml=final / POTENTIAL_YAML,
-            yace=final / POTENTIAL_YACE,
-            asi=final / POTENTIAL_ASI,
-            metrics=metrics,
-        )
-        atomic_write_text(work / GENERATION_JSON, json.dumps(gen.to_dict(), indent=2, default=str))
-        os.rename(work, final)
-        log.info(
-            "%s: done in %.0f s; test force RMSE %s meV/Å, energy RMSE %s meV/atom",
-            final.name,
-            metrics["seconds"],
-            metrics.get("test_force_rmse"),
-            metrics.get("test_energy_rmse"),
-        )
-        return gen
+        try:
+            return _fit_in(work, final, index, frame, settings, elements, previous, timeout, dataset_path)
+        except BaseException:
+            kept = _set_aside(work, root)
+            log.error("%s: fit failed; its folder is kept as %s", final.name, kept)
+            raise
+
+
+def _set_aside(work: Path, root: Path) -> Path:
+    """Move a failed fit's folder to root/failed/gen_NNN-<k> (never overwriting)."""
+    base = work.name.split(".partial-")[0]
+    (root / "failed").mkdir(exist_ok=True)
+    k = 0
+    while (root / "failed" / f"{base}-{k}").exists():
+        k += 1
+    dest = root / "failed" / f"{base}-{k}"
+    os.rename(work, dest)
+    return dest
+
+
+def _fit_in(
+    work: Path,
+    final: Path,
+    index: int,
+    frame: pd.DataFrame,
+    settings: FitSettings,
+    elements: list[str],
+    previous: Generation | None,
+    timeout: float | None,
+    dataset_path: Path,
+) -> Generation:
+    t0 = time.monotonic()
+    write_frame(frame, work / DATA_FILE)
+    n_structures = len(frame)
+    upfit = previous is not None
+    inp = pacemaker_input(
+        settings,
+        elements,
+        DATA_FILE,
+        n_structures,
+        upfit,
+        metadata={"generation": index, "previous": previous.index if previous else None},
+    )
+    atomic_write_text(work / "input.yaml", yaml.safe_dump(inp, sort_keys=False))
+    argv = [tool_path("pacemaker"), "input.yaml", "-o", POTENTIAL_YAML]
+    if previous is not None:
+        shutil.copyfile(previous.yaml, work / "previous_potential.yaml")
+        argv += ["-p", "previous_potential.yaml"]
+    log.info("%s: %s on %d structures", final.name, "upfit" if upfit else "fit", n_structures)
+    run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
+    if not (work / POTENTIAL_YAML).is_file():
+        raise FitError(f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}")
+    run_tool(
+        [tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE],
+        work,
+        settings.tf_threads,
+        "tools.out",
+    )
+    # active set over every labelled structure (train and test split), all atoms: whatever the oracle
+    # labelled counts as known, so the same candidates do not stop the next run again
+    run_tool(
+        [tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML],
+        work,
+        settings.tf_threads,
+        "tools.out",
+    )
+    for f in (POTENTIAL_YACE, POTENTIAL_ASI):
+        if not (work / f).is_file():
+            raise FitError(f"{work}: {f} was not produced; see {work / 'tools.out'}")
+    metrics = read_metrics(work)
+    metrics.update(
+        {
+            "generation": index,
+            "recipe_version": RECIPE_VERSION,
+            "upfit": upfit,
+            "previous": previous.index if previous else None,
+            "n_structures": n_structures,
+            "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
+            "max_iterations": inp["fit"]["maxiter"],
+            "oracle_hash": frame.attrs.get("oracle_hash"),
+            "reference_energies": frame.attrs.get("reference_energies"),
+            "seconds": round(time.monotonic() - t0, 1),
+            "dataset": str(dataset_path),
+        }
+    )
+    gen = Generation(
+        index=index,
+        dir=final,
+        yaml=final / POTENTIAL_YAML,
+        yace=final / POTENTIAL_YACE,
+        asi=final / POTENTIAL_ASI,
+        metrics=metrics,
+    )
+    atomic_write_text(work / GENERATION_JSON, json.dumps(gen.to_dict(), indent=2, default=str))
+    os.rename(work, final)
+    log.info(
+        "%s: done in %.0f s; test force RMSE %s meV/Å, energy RMSE %s meV/atom",
+        final.name,
+        metrics["seconds"],
+        metrics.get("test_force_rmse"),
+        metrics.get("test_energy_rmse"),
+    )
+    return gen

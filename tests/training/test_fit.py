@@ -70,9 +70,28 @@ def test_pacemaker_input_from_settings():
     assert env["TF_NUM_INTRAOP_THREADS"] == env["TF_NUM_INTEROP_THREADS"] == env["OMP_NUM_THREADS"] == "1"
 
 
-def test_fit_bad_input(tmp_path):
+def test_fit_bad_input(tmp_path, cu_bulk_potential):
     with pytest.raises(FitError, match=r"missing\.pckl\.gzip: training set does not exist"):
         fit_generation(tmp_path / "missing.pckl.gzip", FIT, ["Cu"], tmp_path / "gens")
+    with pytest.raises(FitError, match=r"holds element\(s\) \['Cu'\] not in the fit's elements \['Ag'\]"):
+        fit_generation(cu_bulk_potential.training, FIT, ["Ag"], tmp_path / "gens")
+    gone = Generation.from_dict({**cu_bulk_potential.generation.to_dict(), "yaml": str(tmp_path / "x.yaml")})
+    with pytest.raises(FitError, match=r"x\.yaml: previous generation's potential is missing"):
+        fit_generation(cu_bulk_potential.training, FIT, ["Cu"], tmp_path / "gens", previous=gone)
+    # nothing half-made is left behind as a generation
+    assert latest_generation(tmp_path / "gens") is None
+    assert not list((tmp_path / "gens").glob("gen_*"))
+
+
+def test_failed_pacemaker_run_is_reported_and_kept_aside(tmp_path, cu_bulk_potential):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("elements: [Cu\nthis is not a potential: [\n")
+    prev = Generation.from_dict({**cu_bulk_potential.generation.to_dict(), "yaml": str(broken)})
+    with pytest.raises(FitError, match=r"pacemaker exited with code \d+; see .*pacemaker\.out"):
+        fit_generation(cu_bulk_potential.training, FIT, ["Cu"], tmp_path / "gens", previous=prev)
+    assert latest_generation(tmp_path / "gens") is None
+    (kept,) = (tmp_path / "gens" / "failed").iterdir()
+    assert kept.name == "gen_000-0" and (kept / "pacemaker.out").exists() and (kept / "input.yaml").exists()
 
 
 def _digest(path):
