@@ -77,9 +77,31 @@ SUPERVISOR = textwrap.dedent(
 )
 
 
+def _busy_round(run: Path, sup: subprocess.Popen, after_pid: int | None = None, timeout: float = 300) -> int:
+    """Wait until searches are registered and a round's clients are busy; the server's pid."""
+    table = run / "states" / "0" / "processtable"
+    scratch = run / "jobs" / "scratch"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sup.poll() is None:
+        busy = list(scratch.glob("*/stdout.dat")) if scratch.is_dir() else []
+        if (
+            table.exists()
+            and len(table.read_text().splitlines()) > 1
+            and busy
+            and (run / "lockfile").exists()
+        ):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int((run / "lockfile").read_text())
+                if pid != after_pid and os.path.exists(f"/proc/{pid}"):
+                    return pid
+        time.sleep(0.2)
+    raise AssertionError("no round with registered searches and busy clients was seen")
+
+
 def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
-    """kill -9 of the whole supervision (server, and the supervisor with it) in the middle of a round, after
-    some searches were registered; nothing is left running, and a resume completes without losing them."""
+    """kill -9 of the eOn server mid-round: the supervisor clears the stale lock and orphaned clients and goes
+    on. Then kill -9 of everything (server and supervisor) mid-round: nothing is left running, and a resume
+    completes without losing the searches registered before."""
     run = tmp_path / "run"
     root = Path(__file__).resolve().parents[2]
     sup = subprocess.Popen(
@@ -96,31 +118,22 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    table = run / "states" / "0" / "processtable"
-    deadline = time.monotonic() + 300
-    server_pid = None
-    while time.monotonic() < deadline and sup.poll() is None:
-        # wait until results were registered and the next round's clients are busy
-        busy = (
-            list((run / "jobs" / "scratch").glob("*/stdout.dat"))
-            if (run / "jobs" / "scratch").is_dir()
-            else []
-        )
-        if (
-            table.exists()
-            and len(table.read_text().splitlines()) > 1
-            and busy
-            and (run / "lockfile").exists()
-        ):
-            server_pid = int((run / "lockfile").read_text())
-            break
-        time.sleep(0.2)
-    assert server_pid is not None, "no round with registered searches was seen"
-    before = {(p["state"], p["process"]) for p in read_processes(run)}
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(server_pid, signal.SIGKILL)
-    os.killpg(sup.pid, signal.SIGKILL)
-    sup.wait()
+    try:
+        first = _busy_round(run, sup)
+        os.kill(first, signal.SIGKILL)  # the server only
+        second = _busy_round(run, sup, after_pid=first)  # the supervisor started the round again
+        log = json.loads((run / "custodian.json").read_text())
+        actions = [a["action"] for c in log[-1]["corrections"] for a in c["actions"]]
+        assert "remove_stale_lockfile" in actions
+        before = {(p["state"], p["process"]) for p in read_processes(run)}
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(second, signal.SIGKILL)
+        os.killpg(sup.pid, signal.SIGKILL)  # and the supervisor: a node lost
+        sup.wait()
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
     assert _wait_gone(run) == []  # the worker follows its supervisor, the clients their worker
 
     r = run_akmc(run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(), GAMMA)
@@ -129,4 +142,4 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     after = {(p["state"], p["process"]) for p in read_processes(run)}
     assert before <= after  # nothing registered before the kill was lost
     assert processes_in(run) == []
-    assert RunState.load(run).rounds >= 2
+    assert RunState.load(run).rounds >= 3
