@@ -90,6 +90,23 @@ def fetch_server(version: str, sha256: str, dest: Path, index: str | None = None
     return dest
 
 
+def check_local_runtime() -> dict[str, str]:
+    """Versions of the local eOn runtime's parts; raises RuntimeError naming the part that is missing."""
+    import importlib
+
+    out: dict[str, str] = {}
+    for mod in ("eon.server", "pyeonclient", "pyace"):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError as e:
+            raise RuntimeError(f"local eOn runtime: cannot import {mod} ({e}); run scripts/setup.sh") from None
+        top = importlib.import_module(mod.split(".")[0])
+        out[mod] = str(getattr(top, "__version__", getattr(m, "__version__", "?")))
+    from pyeonclient import Matter, MinModeSaddleSearch, make_potential_from_ase  # noqa: F401 - the bound pieces
+
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m autopipec_fw.physics.dynamics.runtime")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -98,10 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--sha256", required=True)
     f.add_argument("--dest", required=True, type=Path)
     f.add_argument("--index", default=None)
+    sub.add_parser("check", help="check that the local eOn runtime (server, pyeonclient client) imports")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.cmd == "fetch-server":
         fetch_server(args.version, args.sha256, args.dest, args.index)
+    elif args.cmd == "check":
+        try:
+            for k, v in check_local_runtime().items():
+                log.info("%s %s", k, v)
+        except RuntimeError as e:
+            log.error("%s", e)
+            return 1
     return 0
 
 
