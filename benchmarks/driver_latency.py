@@ -172,6 +172,7 @@ def main() -> int:
         "bare_python_IS": stats(tbare),
         "evaluator_start_s": t_start,
         "evaluator_calls_served": served["calls"] if served else None,
+        "evaluator_busy_ms_per_call": 1e3 * served["busy_seconds"] / served["calls"] if served else None,
     }
     ma, mb, mc = (res[k]["median_ms"] for k in ("a_inprocess", "b_fresh_process", "c_evaluator"))
     mbare = res["bare_python_IS"]["median_ms"]
@@ -192,7 +193,9 @@ def main() -> int:
             f"{label:<{w}} median {s['median_ms']:9.3f} ms  (p10 {s['p10_ms']:.3f}, p90 {s['p90_ms']:.3f}, n={s['n']})"
         )
     print(
-        f"evaluator start-up (pyace import + load): {t_start:.2f} s; calls it served: {res['evaluator_calls_served']}"
+        f"evaluator start-up (pyace import + load): {t_start:.2f} s; calls it served: "
+        f"{res['evaluator_calls_served']}; its own time per call (receive, evaluate, write, reply): "
+        f"{res['evaluator_busy_ms_per_call']:.2f} ms"
     )
     cpu = {k: 1e3 * statistics.median(v) for k, v in CPU.items()}
     res["child_cpu_median_ms"] = cpu

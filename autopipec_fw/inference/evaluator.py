@@ -480,15 +480,17 @@ class _Stop(Exception):
 @dataclass
 class _Stats:
     calls: int = 0
+    busy: float = 0.0  # wall time spent answering EVAL requests (receive, evaluate, reply)
     stops: int = 0
     errors: int = 0
     max_gamma: float = 0.0
     started: float = field(default_factory=time.time)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, r: CallResult) -> None:
+    def add(self, r: CallResult, seconds: float = 0.0) -> None:
         with self.lock:
             self.calls += 1
+            self.busy += seconds
             self.stops += r.code == _pd.EXIT_STOP
             self.errors += r.code not in (_pd.EXIT_OK, _pd.EXIT_STOP)
             if r.max_gamma is not None and (math.isnan(r.max_gamma) or r.max_gamma > self.max_gamma):
@@ -498,6 +500,7 @@ class _Stats:
         with self.lock:
             return {
                 "calls": self.calls,
+                "busy_seconds": self.busy,
                 "stops": self.stops,
                 "errors": self.errors,
                 "max_gamma": self.max_gamma,
@@ -604,7 +607,9 @@ class Evaluator:
                         break
                     continue
                 self._last = time.monotonic()
-                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+                # one request at a time, in this thread: evaluations are serialised anyway (one calculator),
+                # requests are short and local, and no thread hand-off keeps the round trip short
+                self._handle(conn)
         except _Stop:
             log.info("signal received: stopping")
         finally:
@@ -612,22 +617,25 @@ class Evaluator:
             log.info("evaluator %d stopped: %s", os.getpid(), self.stats.as_dict())
 
     def _handle(self, conn: socket.socket) -> None:
+        t0 = time.perf_counter()
         try:
-            conn.settimeout(30.0)
+            conn.settimeout(10.0)  # a client that connected and went silent delays the others this long
             chunks = []
             while True:
                 b = conn.recv(65536)
                 if not b:
                     break
                 chunks.append(b)
-            reply = self._dispatch(b"".join(chunks))
+            reply, result = self._dispatch(b"".join(chunks))
             conn.sendall(reply.encode())
+            if result is not None:
+                self.stats.add(result, time.perf_counter() - t0)
         except Exception:
             log.exception("request failed")
         finally:
             conn.close()
 
-    def _dispatch(self, data: bytes) -> str:
+    def _dispatch(self, data: bytes) -> tuple[str, CallResult | None]:
         parts = data.decode("utf-8", "surrogateescape").split("\0")
         verb = parts[0]
         if verb == "EVAL" and len(parts) >= 2:
@@ -641,16 +649,15 @@ class Evaluator:
                 raw.pop("active-set", None)
             raw.update(req)
             r = answer(parts[1], raw, self.cache)
-            self.stats.add(r)
-            return f"{r.code} {r.message}"
+            return f"{r.code} {r.message}", r
         if verb == "PING":
-            return f"0 {os.getpid()}"
+            return f"0 {os.getpid()}", None
         if verb == "STATS":
-            return "0 " + json.dumps(self.stats.as_dict() | {"loads": self.cache.loads})
+            return "0 " + json.dumps(self.stats.as_dict() | {"loads": self.cache.loads}), None
         if verb == "SHUTDOWN":
             self._stop.set()
-            return "0 stopping"
-        return f"{_pd.EXIT_INTERNAL} unknown request {verb[:20]!r}"
+            return "0 stopping", None
+        return f"{_pd.EXIT_INTERNAL} unknown request {verb[:20]!r}", None
 
 
 def _request(sock_path: str, payload: bytes, timeout: float) -> str | None:
