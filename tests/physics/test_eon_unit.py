@@ -364,3 +364,17 @@ def test_client_script_with_and_without_worker(tmp_path, demo_atoms, with_worker
         assert calls[-1]["pid"] != worker.pid  # a fork of the worker ran it
         assert calls[-1]["startup_seconds"] < 0.5  # no imports in the job's own process
     assert processes_in(run) == []
+
+
+def test_unreadable_potential_fails_clearly(tmp_path, demo_atoms):
+    (tmp_path / "bad.yaml").write_text("this is not an ACE potential\n")
+    (tmp_path / "bad.asi").write_text("nor an active set\n")
+    w = EonWrapper(
+        tmp_path / "run", tmp_path / "bad.yaml", tmp_path / "bad.asi", quick_akmc(), GammaSettings()
+    )
+    r = w.run(demo_atoms)
+    assert r.status == "failed"
+    assert (
+        "eon_worker.log" in r.message and r.message.count("|") >= 1
+    )  # the log's last lines are in the message
+    assert processes_in(tmp_path / "run") == []

@@ -813,7 +813,14 @@ def start_worker(settings_path: Path, timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"eOn worker exited with {proc.returncode}; see {run_dir / 'eon_worker.log'}")
+            try:
+                tail = (run_dir / "eon_worker.log").read_text().strip().splitlines()[-3:]
+            except OSError:
+                tail = []
+            raise RuntimeError(
+                f"eOn worker exited with {proc.returncode} ({run_dir / 'eon_worker.log'}): "
+                + " | ".join(tail)
+            )
         if os.path.exists(sock) and (run_dir / WORKER_PID).exists():
             return proc
         time.sleep(0.05)
