@@ -181,14 +181,24 @@ def _read_result(path: Path) -> Atoms:
     return at
 
 
-def _reuse(result: Path, ohash: str) -> Atoms:
+def _with_geometry_of(labelled: Atoms, atoms: Atoms) -> Atoms:
+    """The labels of `labelled` on the exact geometry of `atoms` (the file keeps 8 decimals; the hash and the
+    caller see their own numbers)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    out.info.update(labelled.info)
+    res = labelled.calc.results if labelled.calc is not None else {}
+    out.calc = SinglePointCalculator(out, **{k: res[k] for k in ("energy", "forces", "stress") if k in res})
+    return out
+
+
+def _reuse(result: Path, ohash: str, atoms: Atoms) -> Atoms:
     at = _read_result(result)
     if at.info.get("oracle_hash") != ohash:
         raise OracleError(
             f"{result.parent}: holds a result of oracle settings {at.info.get('oracle_hash')}, not of the current "
             f"{ohash}; labels of different settings never mix: give this oracle its own folder"
         )
-    return at
+    return _with_geometry_of(at, atoms)
 
 
 def _set_aside_failed_run(folder: Path) -> None:
@@ -218,11 +228,11 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
     ohash = oracle_hash(settings)
     if result.exists():
         log.info("%s: already labelled, reusing", folder)
-        return _reuse(result, ohash)
+        return _reuse(result, ohash, atoms)
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock"):
         if result.exists():  # another process finished it while we waited
-            return _reuse(result, ohash)
+            return _reuse(result, ohash, atoms)
         _set_aside_failed_run(folder)
         clean = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         atomic_write_bytes(folder / INPUT_FILE, _to_extxyz_bytes(clean))
@@ -252,7 +262,7 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
         atomic_write_text(folder / "oracle.json", json.dumps(meta, indent=2, default=str))
         atomic_write_bytes(result, _to_extxyz_bytes(out))  # written last: its presence means "finished"
         log.info("%s: %s single point in %.1f s", folder, settings.calculator, seconds)
-        return _read_result(result)
+        return _with_geometry_of(_read_result(result), atoms)
 
 
 def label_structures(

@@ -51,8 +51,12 @@ class MixedOracleError(DatasetError):
     """Labels from different oracle settings must not share one training set."""
 
 
-def structure_hash(atoms: Atoms, decimals: int = 5) -> str:
-    """Stable 16-hex-digit hash of species, positions, cell and periodicity (rounded to `decimals`)."""
+def structure_hash(atoms: Atoms, decimals: int = 3) -> str:
+    """Stable 16-hex-digit hash of species, positions, cell and periodicity (rounded to `decimals`).
+
+    Rounding to 1e-3 Å makes the hash survive file round trips (extxyz keeps 8 decimals): only a coordinate
+    within 5e-9 Å of a rounding boundary could flip, about 1 in 10^5 per coordinate.
+    """
     h = hashlib.sha256()
     h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
     # + 0.0 turns -0.0 into 0.0 so that the same geometry always gives the same bytes

@@ -131,3 +131,20 @@ def test_concurrent_writers_lose_nothing(tmp_path, labelled):
         p.join(60)
         assert p.exitcode == 0
     assert sorted(TrainingSet(path).hashes()) == sorted(structure_hash(a) for a in labelled)
+
+
+def test_hash_survives_file_round_trips_and_labelling(tmp_path):
+    from ase.io import read, write
+
+    from autopipec_fw.config import StructureSettings
+    from autopipec_fw.structures import surface_training_structures
+
+    structures = surface_training_structures(StructureSettings(), n=20, rattle_stdev=0.1, seed=8)
+    write(tmp_path / "c.extxyz", structures)
+    back = read(tmp_path / "c.extxyz", ":")
+    assert [structure_hash(a) for a in structures] == [structure_hash(b) for b in back]
+    labelled = label_structures(structures[:3], OracleSettings(), tmp_path / "calc")
+    for src, lab in zip(structures, labelled, strict=True):
+        assert np.array_equal(lab.positions, src.positions)  # the caller's exact geometry
+        assert structure_hash(lab) == lab.info["structure_hash"] == structure_hash(src)
+        assert (tmp_path / "calc" / structure_hash(src) / "result.extxyz").exists()
