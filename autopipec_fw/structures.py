@@ -238,6 +238,7 @@ def surface_training_structures(
             out.append(at)
     for i, at in enumerate(out):
         at.set_constraint()
+        at.info.pop("adsorbate_info", None)  # a dict of arrays: extxyz cannot keep it
         at.info["generator"] = "surface"
         at.info["generator_index"] = i
     return out
