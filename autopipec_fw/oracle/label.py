@@ -131,8 +131,9 @@ def _run_ase(atoms: Atoms, settings: OracleSettings, folder: Path) -> tuple[dict
         try:
             energy = work.get_potential_energy()
             forces = work.get_forces()
+            # never accept unconverged labels, even when the code exited 0
             if settings.calculator == "espresso" and _scf_failed(settings, RuntimeError(), folder):
-                raise RuntimeError("pw.x reported 'convergence NOT achieved'")  # never accept unconverged labels
+                raise RuntimeError("pw.x reported 'convergence NOT achieved'")
             results: dict[str, Any] = {"energy": float(energy), "forces": np.array(forces)}
             if work.pbc.all():
                 try:
