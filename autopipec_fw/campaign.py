@@ -245,6 +245,12 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         for p in result.candidates:
             candidates += read_candidates(Path(p).parent) if Path(p).is_dir() else _read_one(Path(p))
         out["n_candidates"] = len(candidates)
+        physical = [a for a in candidates if _physical(a, campaign.gamma.min_distance_factor)]
+        if len(physical) < len(candidates):
+            log.warning("dropped %d of %d candidates with atoms closer than %.2f x the covalent radii sum",
+                        len(candidates) - len(physical), len(candidates), campaign.gamma.min_distance_factor)
+        out["n_unphysical"] = len(candidates) - len(physical)
+        candidates = physical
         known = TrainingSet(layout.dataset).hashes() if layout.dataset.exists() else set()
         selected = select_structures(candidates, gen, campaign.gamma.max_selected, exclude_hashes=known) \
             if candidates else []
@@ -262,6 +268,19 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     else:
         out["loop_end"] = f"completed {result.kmc_steps} KMC steps"
     return record_stage(layout, f"akmc_{iteration:03d}", out)
+
+
+def _physical(atoms, factor: float) -> bool:
+    """No two atoms closer than `factor` x the sum of their covalent radii."""
+    import numpy as np
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if factor <= 0 or len(atoms) < 2:
+        return True
+    radii = covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, float(2 * radii.max() * factor))
+    return bool(np.all(d >= factor * (radii[i] + radii[j])))
 
 
 def _read_one(path: Path) -> list:

@@ -104,6 +104,11 @@ class GammaSettings(_Model):
     threshold: PosFloat = Field(5.0, description="above this the driver stops eOn")
     select_lower: PosFloat = Field(2.0, description="between this and threshold: recorded, no stop")
     max_selected: PosInt = Field(4, description="at most this many structures labelled per stop (K)")
+    min_distance_factor: float = Field(
+        0.65, ge=0, lt=1,
+        description="candidates with two atoms closer than this x the sum of their covalent radii are dropped "
+        "as unphysical (they would only poison the fit)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> GammaSettings:
