@@ -101,7 +101,7 @@ def _busy_round(run: Path, sup: subprocess.Popen, after_pid: int | None = None, 
 def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     """kill -9 of the eOn server mid-round: the supervisor clears the stale lock and orphaned clients and goes
     on. Then kill -9 of everything (server and supervisor) mid-round: nothing is left running, and a resume
-    completes without losing the searches registered before."""
+    completes without losing the searches registered before. A later call for one more step adds to it."""
     run = tmp_path / "run"
     root = Path(__file__).resolve().parents[2]
     sup = subprocess.Popen(
@@ -143,3 +143,14 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     assert before <= after  # nothing registered before the kill was lost
     assert processes_in(run) == []
     assert RunState.load(run).rounds >= 3
+
+    # asked for one more step later: KMC steps and simulated time carry on from eOn's state
+    r3 = run_akmc(
+        run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(kmc_steps=2), GAMMA
+    )
+    assert r3.status == "completed", r3.message
+    assert r3.kmc_steps == 2 and r3.simulated_time > r.simulated_time
+    traj = json.loads(Path(r3.report_path).read_text())["trajectory"]
+    assert [t["step"] for t in traj] == [0, 1] and traj[1]["total_time"] == pytest.approx(
+        r3.simulated_time, rel=1e-5
+    )
