@@ -116,8 +116,7 @@ def test_three_concurrent_rapidfire_launchers_run_each_firework_once(embedded_db
     for d in launch_dirs:
         d.mkdir()
         procs.append(subprocess.Popen(
-            ["rlaunch", "-l", str(embedded_db.launchpad_file), "rapidfire", "--nlaunches", "infinite",
-             "--sleep", "1", "--timeout", "15"],
+            ["rlaunch", "-l", str(embedded_db.launchpad_file), "rapidfire", "--nlaunches", "0", "--sleep", "1"],
             cwd=d, env=embedded_db.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         ))
     for p in procs:
