@@ -58,6 +58,7 @@ DEFAULT_STOP_NAME = "pace_stop"
 DEFAULT_CANDIDATES_NAME = "pace_candidates"
 DEFAULT_GAMMA_MAX = 5.0
 _MODULE = "autopipec_fw.inference.evaluator"
+_RAW_COMPUTE = True  # False: go through PyACECalculator.calculate (slower, same numbers)
 
 
 class DriverError(Exception):
@@ -303,11 +304,20 @@ class LoadedPotential:
             )
         atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
         with self.lock:
-            self.calc.calculate(atoms, properties=["energy", "forces"])
-            res = self.calc.results
-            energy = float(res["energy"])
-            forces = np.array(res["forces"], dtype=float)
-            gamma = np.array(res["gamma"], dtype=float)
+            c = self.calc
+            if _RAW_COMPUTE and hasattr(c, "ace") and hasattr(c, "get_atomic_env"):
+                # what PyACECalculator.calculate does for energy, forces and gamma, without its ASE
+                # bookkeeping (atoms copy, stress, per-atom energies): ~0.4 ms less per call, same numbers
+                c.ace.compute(c.get_atomic_env(atoms), compute_projections=True)
+                energy = float(c.ace.energy)
+                forces = np.array(c.ace.forces, dtype=float)
+                gamma = np.array(c.ace.gamma_grade, dtype=float)
+            else:
+                c.calculate(atoms, properties=["energy", "forces"])
+                res = c.results
+                energy = float(res["energy"])
+                forces = np.array(res["forces"], dtype=float)
+                gamma = np.array(res["gamma"], dtype=float)
         if not (math.isfinite(energy) and np.all(np.isfinite(forces))):
             raise DriverError(_pd.EXIT_POTENTIAL, f"potential {self.yaml} gave non-finite energy or forces")
         return atoms, energy, forces, gamma
