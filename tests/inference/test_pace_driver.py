@@ -416,7 +416,10 @@ def test_evaluator_command_line_detach_and_stop(tmp_path, cu_surface_potential):
     pid = int(r.stdout.strip())
     assert pace_driver_alive(pid)
     wd = write_input(run_dir / "extpot_1_0", bulk_cell(seed=31))
-    assert run([str(driver_path())], wd, PACE_DRIVER_RUN_DIR=str(run_dir), PACE_DRIVER_FALLBACK="0").returncode == 0
+    assert (
+        run([str(driver_path())], wd, PACE_DRIVER_RUN_DIR=str(run_dir), PACE_DRIVER_FALLBACK="0").returncode
+        == 0
+    )
     r = run([PY, *mod, "--stop"], tmp_path)
     assert r.returncode == 0 and "stopped" in r.stdout
     for _ in range(100):
