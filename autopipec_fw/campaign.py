@@ -238,8 +238,14 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         out["potential_seconds"] = (fc.get("client") or {}).get("potential_seconds")
     except (OSError, ValueError):
         out["potential_seconds"] = None
+    if result.status == "failed" and result.message.startswith("max_rounds"):
+        # eOn kept searching without reaching its confidence: end the loop here, as with the iteration cap
+        out["status"] = "incomplete"
+        out["loop_end"] = f"aKMC made no further progress: {result.message}"
+        log.warning("%s", out["loop_end"])
+        return record_stage(layout, f"akmc_{iteration:03d}", out)
     if result.status == "failed":
-        raise RuntimeError(f"{layout.akmc}: eOn aKMC failed; see {result.report_path}")
+        raise RuntimeError(f"{layout.akmc}: eOn aKMC failed ({result.message}); see {result.report_path}")
     if result.status == "stopped":
         candidates = []
         for p in result.candidates:
