@@ -43,6 +43,7 @@ import numpy as np
 
 from autopipec_fw.inference import pace_driver as _pd
 from autopipec_fw.inference.extrapolation import StopPolicy, max_gamma_of
+from autopipec_fw.processes import pid_alive as _pid_alive
 
 if TYPE_CHECKING:
     from pyace import PyACECalculator
@@ -716,20 +717,6 @@ def _proc_start_time(pid: int) -> str | None:
     except OSError:
         return None
     return data.rsplit(")", 1)[1].split()[19]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}

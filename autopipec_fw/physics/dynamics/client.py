@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autopipec_fw.processes import pid_alive as _pid_alive
+
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
@@ -658,21 +660,6 @@ def _preload(settings: ClientSettings) -> None:
         PyACECalculator(settings.potential_yaml).set_active_set(settings.active_set)
     elif settings.potential == "emt":
         from ase.calculators.emt import EMT  # noqa: F401
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            st = fh.read()
-        return st[st.rfind(")") + 2 :].split()[0] not in ("Z", "X")
-    except OSError:
-        return True
 
 
 def serve(settings_path: Path, watch_pid: int | None = None, idle_timeout: float = 3600.0) -> int:

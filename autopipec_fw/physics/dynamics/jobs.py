@@ -22,6 +22,8 @@ from typing import Any
 
 from custodian.custodian import Job
 
+from autopipec_fw.processes import pid_alive as _alive
+
 log = logging.getLogger(__name__)
 
 SERVER_LOG = "eon_server.log"
@@ -64,16 +66,6 @@ def descendants(pid: int) -> list[int]:
         out.append(c)
         todo.extend(children.get(c, []))
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    state = stat[stat.rfind(")") + 2 :].split()[0]
-    return state not in ("Z", "X")
 
 
 def _kill_group_and_pid(pid: int) -> None:
