@@ -181,7 +181,8 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
 
 
 def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
-    """Fit generation `generation` (0: from scratch; N: upfit from N-1). An existing generation is reused."""
+    """Fit generation `generation` (0 and, by default, every later one: a fresh fit on the whole training set;
+    with `fit.upfit`: N continues from N-1). An existing generation is reused."""
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
 
@@ -197,7 +198,8 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
             raise ConfigError(f"{layout.generations}: asked to fit gen_{generation:03d} but the latest is "
                               f"{previous.name}")
         t0 = time.perf_counter()
-        gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations, previous=previous)
+        start = previous if campaign.fit.upfit else None  # a fresh fit on the whole set unless fit.upfit
+        gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations, previous=start)
         t = time.perf_counter() - t0
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,

@@ -46,7 +46,7 @@ def loop_detour(campaign: Campaign, campaign_dir: str, iteration: int, selected_
     oracles = oracle_fireworks(campaign, campaign_dir, selected_file, n_selected, f"iter_{iteration:03d}") \
         if selected_file else []
     fit = _fw(FitTask(campaign_dir=campaign_dir, generation=iteration + 1), "fit", campaign,
-              f"upfit gen_{iteration + 1:03d}", parents=oracles or None)
+              f"{'upfit' if campaign.fit.upfit else 'refit'} gen_{iteration + 1:03d}", parents=oracles or None)
     nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
               f"aKMC #{iteration + 1} (resume)", parents=[fit])
     return Workflow([*oracles, fit, nxt], name=f"{campaign.name} loop {iteration + 1}")

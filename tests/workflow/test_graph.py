@@ -43,7 +43,7 @@ def test_oracle_batches_cover_every_structure_once() -> None:
 
 
 def test_loop_detour_is_oracle_then_upfit_then_resumed_akmc() -> None:
-    c = Campaign(oracle={"batch_size": 1})
+    c = Campaign(oracle={"batch_size": 1}, fit={"upfit": True})
     wf = loop_detour(c, "/x", 2, "iter_002.extxyz", 3)
     names = _names(wf)
     assert names.count("aKMC #3 (resume)") == 1 and names.count("upfit gen_003") == 1
@@ -55,6 +55,7 @@ def test_loop_detour_is_oracle_then_upfit_then_resumed_akmc() -> None:
     assert nxt.tasks[0]["iteration"] == 3
     # nothing selected (all candidates known): still upfit and resume, no oracle
     assert _names(loop_detour(c, "/x", 0, None, 0)) == ["aKMC #1 (resume)", "upfit gen_001"]
+    assert "refit gen_001" in _names(loop_detour(Campaign(), "/x", 0, None, 0))  # default: a fresh fit
 
 
 def test_shipped_spec_is_current_and_lpad_add_accepts_it(embedded_db: EmbeddedDB) -> None:

@@ -21,13 +21,13 @@ from autopipec_fw.training.dataset import TrainingSet
 from tests.fixtures.launchpad import EmbeddedDB
 
 
-def tiny_campaign(tmp_path: Path, name: str = "tiny-loop") -> Campaign:
+def tiny_campaign(tmp_path: Path, name: str = "tiny-loop", upfit: bool = False) -> Campaign:
     """Bulk-only initial data, so the first aKMC run on the surface must stop on extrapolation."""
     return Campaign(
         name=name,
         workdir=tmp_path / "campaign",
         initial_data={"n_strained": 6, "n_rattled": 6, "n_vacancy": 2, "n_surface": 0},
-        fit={"number_of_functions": 12, "max_iterations": 60, "upfit_iterations": 30},
+        fit={"number_of_functions": 12, "max_iterations": 60, "upfit_iterations": 30, "upfit": upfit},
         gamma={"threshold": 5.0, "select_lower": 2.0, "max_selected": 2},
         akmc={"kmc_steps": 1, "max_iterations": 3, "num_clients": 2, "searches_per_round": 2},
         validation={"n_holdout": 3, "max_energy_rmse": 1000.0, "max_force_rmse": 10000.0,
@@ -46,7 +46,7 @@ def _running(runner: LocalRunner, stage: str) -> list:
 def test_loop_with_worker_kill_and_recovery(embedded_db: EmbeddedDB, tmp_path: Path) -> None:
     lp = embedded_db.launchpad()
     ensure_initialized(lp)
-    campaign = tiny_campaign(tmp_path)
+    campaign = tiny_campaign(tmp_path, upfit=True)  # the pacemaker -p path here; the SLURM test refits
     layout, fw_id, added = submit(campaign, lp)
     assert added
     assert submit(campaign, lp)[2] is False  # submitting again adds nothing
@@ -81,6 +81,7 @@ def test_loop_with_worker_kill_and_recovery(embedded_db: EmbeddedDB, tmp_path: P
     rec = stage_records(layout)
     assert rec["akmc_000"]["status"] == "stopped" and rec["akmc_000"]["n_selected"] >= 1
     assert "fit_001" in rec and "akmc_001" in rec  # upfit, then aKMC resumed in the same eOn folder
+    assert rec["fit_001"]["metrics"]["upfit"] is True
     assert rec["fit_001"]["training_set_size"] > rec["fit_000"]["training_set_size"]
     assert st.stops and st.stops[0]["max_gamma"] > campaign.gamma.threshold
     assert len(st.generations) >= 2 and st.oracle_calls >= rec["fit_000"]["training_set_size"]

@@ -45,5 +45,5 @@ def test_campaign_runs_as_slurm_jobs_and_shows_in_webgui(embedded_db: EmbeddedDB
     with webgui_server(embedded_db) as gui:
         code, body = gui.get(f"/wf/{fw_id}")
         assert code == 200
-        for name in ("initial structures", "fit gen_000", "aKMC #0", "upfit gen_001", "aKMC #1 (resume)", "package"):
+        for name in ("initial structures", "fit gen_000", "aKMC #0", "refit gen_001", "aKMC #1 (resume)", "package"):
             assert f"tiny-slurm: {name}" in body
