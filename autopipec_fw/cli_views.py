@@ -90,7 +90,7 @@ def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str |
         ensure_initialized(lp)
         layout, fw_id, added = submit(campaign, lp, base=workspace)
         console.print(f"campaign [bold]{campaign.name}[/bold] in {layout.root} "
-                      f"({'submitted' if added else 'continuing'})")
+                      f"({'submitted' if added else 'continuing'})", soft_wrap=True)
         runner = LocalRunner(lp, lp_path, layout, fw_id, workers=workers)
         if runner.wf_doc()["state"] != "COMPLETED":
             runner.recover()
@@ -101,7 +101,7 @@ def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str |
         st = campaign_status(lp, fw_id)
         Console().print(*status_tables([st]))
         if st.state == "COMPLETED":
-            console.print(f"[green]done:[/green] {st.package}")
+            console.print(f"[green]done:[/green] {st.package}", soft_wrap=True)  # paths are never wrapped
             return 0
         console.print(f"[red]campaign {campaign.name} ended {st.state}[/red]; "
                       "fix the cause and run the same command again to continue")
