@@ -672,23 +672,9 @@ class Evaluator:
 
 
 def _request(sock_path: str, payload: bytes, timeout: float) -> str | None:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(sock_path)
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-        return b"".join(chunks).decode()
-    except OSError:
-        return None
-    finally:
-        s.close()
+    """One request over the evaluator's socket (the driver's own `forward`); the reply, or None."""
+    answer = _pd.forward(sock_path, payload, timeout)
+    return None if answer is None else f"{answer[0]} {answer[1]}"
 
 
 def ping(sock_path: str, timeout: float = 5.0) -> int | None:
