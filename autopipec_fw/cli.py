@@ -19,6 +19,13 @@ def _console():
     return Console(stderr=True)
 
 
+def _error(e: BaseException) -> None:
+    """The message as is: no markup (paths and field names may hold brackets), no wrapping (paths stay whole)."""
+    from rich.text import Text
+
+    _console().print(Text.assemble(("error: ", "red"), str(e)), soft_wrap=True, highlight=False)
+
+
 # ---------------------------------------------------------------- db
 def cmd_db(args: argparse.Namespace) -> int:
     from autopipec_fw.launchpad.files import write_fw_config, write_launchpad_file
@@ -170,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        _console().print(f"[red]error:[/red] {e}", highlight=False)
+        _error(e)
         return 2
     except RuntimeError as e:  # DatabaseError and stage failures carry a readable message
-        _console().print(f"[red]error:[/red] {e}", highlight=False)
+        _error(e)
         return 1
     except KeyboardInterrupt:
         _console().print("interrupted")

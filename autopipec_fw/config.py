@@ -132,6 +132,12 @@ class EonSettings(_Model):
     )
     client_path: str | None = Field(None, description="eonclient executable (external runtime)")
     server_command: list[str] | None = Field(None, description="argv of the eOn server (external runtime)")
+    server_mode: Literal["continuous", "rounds"] | None = Field(
+        None,
+        description="continuous: one eOn server process runs round after round (eon-server --continuous) until "
+        "the KMC steps are done; rounds: one server process per round (~1-2 s start-up each). Default: continuous "
+        "with the local runtime, rounds with an external server_command (its argv is used as given)",
+    )
 
 
 class AkmcSettings(_Model):

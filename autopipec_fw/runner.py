@@ -1,9 +1,11 @@
 """Submitting a campaign, reporting on it, and running it locally (the engine of `mlip-auto run-loop`).
 
-The local runner is an ordinary FireWorks worker pool: it starts `rlaunch singleshot --fw_id N` processes for the
-campaign's READY Fireworks (several at once where the graph allows), so everything it does is equally possible
-with `qlaunch rapidfire` on SLURM. Interrupted, it is simply run again: Fireworks left RUNNING by workers that no
-longer exist are rerun, finished ones are not.
+The local runner is an ordinary FireWorks worker pool: it launches the campaign's READY Fireworks by fw_id
+(several at once where the graph allows), each exactly as `rlaunch singleshot --fw_id N` would, so everything it
+does is equally possible with `qlaunch rapidfire` on SLURM. By default the launches are forked from one warm
+launcher process (`autopipec_fw.launcher`: FireWorks and the stage code imported once) instead of a new `rlaunch`
+process per Firework (``warm=False``). Interrupted, it is simply run again: Fireworks left RUNNING by workers that
+no longer exist are rerun, finished ones are not.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from autopipec_fw.campaign import CampaignLayout, prepare_campaign, stage_records
 from autopipec_fw.config import Campaign
+from autopipec_fw.launcher import LauncherClient
+from autopipec_fw.processes import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +137,33 @@ def all_campaigns(lp) -> list[int]:
 # ---------------------------------------------------------------------------------------------- runner
 @dataclass
 class Worker:
+    """One running launch: an `rlaunch` process (``proc``) or a child of the warm launcher (``launcher``); either
+    way ``pid`` leads the launch's own process group."""
+
     fw_id: int
     name: str
-    proc: subprocess.Popen
+    pid: int
     log_path: Path
+    proc: subprocess.Popen | None = None
+    launcher: LauncherClient | None = None
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.launcher is not None and self.launcher.exit_code(self.fw_id) is not None:
+            return False
+        return pid_alive(self.pid)
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 @dataclass
 class LocalRunner:
-    """Runs one campaign's Fireworks with up to `workers` rlaunch processes at once."""
+    """Runs one campaign's Fireworks with up to `workers` launches at once (warm launcher, or rlaunch processes)."""
 
     lp: Any
     launchpad_file: Path
@@ -151,7 +173,9 @@ class LocalRunner:
     poll: float = 1.0
     fworker_file: Path | None = None
     on_tick: Callable[[LocalRunner], None] | None = None
+    warm: bool = True
     _live: list[Worker] = field(default_factory=list)
+    _launcher: LauncherClient | None = None
 
     def wf_doc(self) -> dict:
         return self.lp.workflows.find_one({"nodes": self.fw_id})
@@ -172,27 +196,51 @@ class LocalRunner:
                 rerun.append(fid)
         return rerun
 
-    def _spawn(self, fid: int, name: str) -> Worker:
-        launches = self.layout.root / "launches"
-        launches.mkdir(parents=True, exist_ok=True)
-        log_path = launches / f"fw_{fid}.log"
-        argv = [str(Path(sys.executable).parent / "rlaunch"), "-l", str(self.launchpad_file)]
-        if self.fworker_file is not None:
-            argv += ["-w", str(self.fworker_file)]
-        argv += ["singleshot", "--fw_id", str(fid)]
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         cfg = self.launchpad_file.parent / "FW_config.yaml"
         if cfg.exists():
             env["FW_CONFIG_FILE"] = str(cfg)
+        return env
+
+    def _warm_launcher(self) -> LauncherClient | None:
+        if not self.warm:
+            return None
+        if self._launcher is None or not self._launcher.alive():
+            log_file = self.layout.root / "launches" / "launcher.log"
+            self._launcher = LauncherClient(Path(self.launchpad_file).resolve(),
+                                            Path(self.fworker_file).resolve() if self.fworker_file else None,
+                                            self._env(), log_file)
+        return self._launcher
+
+    def _spawn(self, fid: int, name: str) -> Worker:
+        launches = self.layout.root / "launches"
+        launches.mkdir(parents=True, exist_ok=True)
+        log_path = launches / f"fw_{fid}.log"
+        launcher = self._warm_launcher()
+        if launcher is not None:
+            try:
+                pid = launcher.run(fid, launches.resolve(), log_path.resolve())
+                log.info("started %s (fw %d) in warm launch pid %d", name, fid, pid)
+                return Worker(fid, name, pid, log_path, launcher=launcher)
+            except (RuntimeError, ValueError, OSError) as e:
+                log.warning("warm launcher unusable (%s); starting rlaunch processes instead", e)
+                self.warm = False
+                self._close_launcher()
+        argv = [str(Path(sys.executable).parent / "rlaunch"), "-l", str(self.launchpad_file)]
+        if self.fworker_file is not None:
+            argv += ["-w", str(self.fworker_file)]
+        argv += ["singleshot", "--fw_id", str(fid)]
+        env = self._env()
         with open(log_path, "ab") as f:
             proc = subprocess.Popen(argv, cwd=launches, stdout=f, stderr=subprocess.STDOUT,  # noqa: S603
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         log.info("started %s (fw %d) in worker pid %d", name, fid, proc.pid)
-        return Worker(fid, name, proc, log_path)
+        return Worker(fid, name, proc.pid, log_path, proc=proc)
 
     def step(self) -> str:
         """One scheduling round; returns the workflow state."""
-        self._live = [w for w in self._live if w.proc.poll() is None]
+        self._live = [w for w in self._live if w.alive()]
         states = self.fw_states()
         busy = {w.fw_id for w in self._live}
         ready = sorted(fid for fid, (s, _) in states.items() if s == "READY" and fid not in busy)
@@ -220,23 +268,24 @@ class LocalRunner:
 
     def stop_workers(self) -> None:
         for w in self._live:
-            if w.proc.poll() is None:
-                log.warning("stopping worker for %s (pid %d)", w.name, w.proc.pid)
-                try:
-                    os.killpg(w.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+            if w.alive():
+                log.warning("stopping worker for %s (pid %d)", w.name, w.pid)
+                w.signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         for w in self._live:
-            while w.proc.poll() is None and time.monotonic() < deadline:
+            while w.alive() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if w.proc.poll() is None:
-                try:
-                    os.killpg(w.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if w.alive():
+                w.signal(signal.SIGKILL)
+            if w.proc is not None:
                 w.proc.wait()
         self._live = []
+        self._close_launcher()
+
+    def _close_launcher(self) -> None:
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
 
     def progress(self) -> dict[str, Any]:
         """Live figures for the progress display, from the campaign folder's stage records."""

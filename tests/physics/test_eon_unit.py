@@ -32,6 +32,7 @@ from autopipec_fw.physics.dynamics.eon import (
 from autopipec_fw.physics.dynamics.handlers import (
     ClientFailureHandler,
     ExtrapolationHandler,
+    RoundLimitHandler,
     StaleLockHandler,
     lock_is_stale,
 )
@@ -181,6 +182,65 @@ def test_client_failure_handler(tmp_path):
         assert h.check(str(tmp_path))
         d = h.correct(str(tmp_path))
     assert d["actions"] == [] and "not recoverable" in d["errors"][-1]
+
+
+def _round(fh, finished: list[int] = (), failed: list[tuple[int, int]] = ()) -> None:
+    fh.write("2026-11-29 10:00:00 INFO:akmc: Eon version 3.6.0\n")
+    for i in finished:
+        fh.write(f"x INFO:communicator: Job finished: jobs/scratch/0_{i}\n")
+    for i, rc in failed:
+        fh.write(f"x WARNING:communicator: job failed: jobs/scratch/0_{i} (return code {rc})\n")
+
+
+def test_client_failure_handler_continuous(tmp_path):
+    """One server process, many rounds: a failed client is logged, eOn goes on; only rounds in a row in which
+    every client failed end the run (a stop, exit 100, is not a failure here)."""
+    log = tmp_path / "akmc.log"
+    with log.open("w") as fh:
+        _round(fh, finished=[0], failed=[(1, -9)])
+        _round(fh, failed=[(2, 100)])
+        _round(fh, finished=[3])
+    h = ClientFailureHandler(log_offset=0, max_dead_rounds=2, continuous=True)
+    assert h.is_monitor
+    assert not h.check(str(tmp_path))
+    with log.open("a") as fh:
+        _round(fh, failed=[(4, 1), (5, 1)])
+        _round(fh, failed=[(6, 1)])
+    assert not h.check(str(tmp_path))  # the last round is still running: one dead round so far
+    with log.open("a") as fh:
+        _round(fh)
+    assert h.check(str(tmp_path))
+    d = h.correct(str(tmp_path))
+    assert d["actions"] == [] and "2 rounds in a row" in d["errors"][-1]
+    assert any("0_6 (return code 1)" in e for e in d["errors"])
+
+
+def test_round_limit_handler_counts_rounds_of_this_call(tmp_path):
+    log = tmp_path / "akmc.log"
+    with log.open("w") as fh:
+        for _ in range(5):  # an earlier call's rounds
+            _round(fh, finished=[0])
+    h = RoundLimitHandler(max_rounds=3, log_offset=log.stat().st_size)
+    assert h.rounds(tmp_path) == 0 and not h.check(str(tmp_path))
+    with log.open("a") as fh:
+        for _ in range(3):
+            _round(fh, finished=[1])
+    assert h.rounds(tmp_path) == 3 and not h.check(str(tmp_path))
+    with log.open("a") as fh:
+        _round(fh)
+    assert h.check(str(tmp_path))
+    d = h.correct(str(tmp_path))
+    assert h.reached and d["actions"] == [] and d["errors"][0].startswith("max_rounds (3) reached")
+
+
+def test_server_mode(tmp_path, demo_atoms):
+    (tmp_path / "p.yaml").write_text("x")
+    (tmp_path / "p.asi").write_text("x")
+    local = EonWrapper(tmp_path / "a", tmp_path / "p.yaml", tmp_path / "p.asi", quick_akmc(), GammaSettings())
+    assert local.server_command()[-3:] == ["-m", "eon.server", "--continuous"]
+    rounds = EonWrapper(tmp_path / "b", tmp_path / "p.yaml", tmp_path / "p.asi",
+                        quick_akmc(eon=EonSettings(server_mode="rounds")), GammaSettings())
+    assert rounds.server_command()[-2:] == ["-m", "eon.server"]
 
 
 def _record_stop(run: Path, gamma: float = 42.0) -> None:

@@ -4,7 +4,6 @@ at least one stop -> oracle -> upfit -> resume cycle, then validate and package;
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -63,8 +62,11 @@ def test_loop_with_worker_kill_and_recovery(embedded_db: EmbeddedDB, tmp_path: P
             victim = found[0]
         time.sleep(0.5)
     assert victim is not None, "the fit Firework never started"
-    os.killpg(victim.proc.pid, signal.SIGKILL)
-    victim.proc.wait()
+    victim.signal(signal.SIGKILL)  # the launch's whole process group: the Firework and pacemaker under it
+    deadline = time.monotonic() + 30
+    while victim.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not victim.alive()
     runner.step()
     assert lp.get_fw_by_id(victim.fw_id).state == "RUNNING"  # the database still believes it runs
 

@@ -7,9 +7,11 @@ fails, and returns an `AkmcResult`. `EonWrapper` does the work:
 - the run folder: ``config.ini`` (rewritten before every round: KMC steps still to do, the current potential),
   ``pos.con`` (from ASE Atoms, FixAtoms respected), our client (``eon_client`` + ``client.json``) or the
   ext_pot driver wrapper, the stop file ``pace_stop`` and the ``candidates/`` folder;
-- one eOn server round per custodian job (`EonJob`), with `ExtrapolationHandler` (monitor),
-  `StaleLockHandler` and `ClientFailureHandler`; custodian's log goes to ``custodian.json`` (and a copy per
-  call in ``custodian/``);
+- one custodian job (`EonJob`) per eOn server process: by default a continuous server (``eon-server
+  --continuous``: round after round in one process until the KMC steps are done), or one process per round
+  (``EonSettings.server_mode="rounds"``); with `ExtrapolationHandler` (monitor), `RoundLimitHandler` (monitor,
+  continuous), `StaleLockHandler` and `ClientFailureHandler`; custodian's log goes to ``custodian.json`` (and a
+  copy per call in ``custodian/``);
 - resume: eOn's own state (``info.txt``, ``dynamics.txt``, ``states/``, ``prng.pkl``, ``jobs.tbl``) carries
   on; our bookkeeping lives in ``autopipec_state.json``; ``report.json`` is rewritten after every call.
 
@@ -47,6 +49,7 @@ from autopipec_fw.physics.dynamics.client import (
 from autopipec_fw.physics.dynamics.handlers import (
     ClientFailureHandler,
     ExtrapolationHandler,
+    RoundLimitHandler,
     StaleLockHandler,
     _log_size,
     collect_stop,
@@ -90,7 +93,7 @@ class EonRunOptions:
     prefactor: float | None = 1e12
     max_barrier: float = 10.0
     client_potential: Literal["ace", "emt"] = "ace"
-    poll_seconds: float = 1.0
+    poll_seconds: float = 0.25
     persistent_worker: bool = True
     extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
     max_dead_rounds: int = 2
@@ -329,10 +332,18 @@ class EonWrapper:
 
     # ------------------------------------------------------------------------------------------ running
 
+    @property
+    def continuous(self) -> bool:
+        if self.eon.server_mode is not None:
+            return self.eon.server_mode == "continuous"
+        return self.eon.runtime == "local"
+
     def server_command(self) -> list[str]:
         if self.eon.runtime == "external" and self.eon.server_command:
-            return list(self.eon.server_command)
-        return [sys.executable, "-m", "eon.server"]
+            argv = list(self.eon.server_command)
+        else:
+            argv = [sys.executable, "-m", "eon.server"]
+        return argv + (["--continuous"] if self.continuous else [])
 
     def _env(self) -> dict[str, str]:
         env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -380,9 +391,9 @@ class EonWrapper:
     def _stop_pending(self) -> bool:
         return self.stop_file.exists() and self.stop_file.stat().st_size > 0
 
-    def _jobs(self, state: RunState, counter: list[int]) -> Iterator[EonJob]:
-        while counter[0] < self.akmc.max_rounds:
-            if self.kmc_steps_done() >= self.akmc.kmc_steps or self._stop_pending():
+    def _jobs(self, state: RunState, counter: list[int], limit: RoundLimitHandler) -> Iterator[EonJob]:
+        while counter[0] < self.akmc.max_rounds and limit.rounds(self.run_dir) < self.akmc.max_rounds:
+            if self.kmc_steps_done() >= self.akmc.kmc_steps or self._stop_pending() or limit.reached:
                 return
             counter[0] += 1
             state = RunState.load(self.run_dir)  # handlers may have written to it since
@@ -423,17 +434,20 @@ class EonWrapper:
             self.gamma.threshold,
             log_offset=_log_size(self.run_dir),
         )
+        limit = RoundLimitHandler(self.akmc.max_rounds, _log_size(self.run_dir))
         handlers = [
             extrap,
             StaleLockHandler(),
-            ClientFailureHandler(_log_size(self.run_dir), self.options.max_dead_rounds),
+            ClientFailureHandler(_log_size(self.run_dir), self.options.max_dead_rounds, continuous=self.continuous),
         ]
+        if self.continuous:
+            handlers.insert(1, limit)
         counter = [0]
         status: Status = "completed"
         message = ""
         custodian = Custodian(
             handlers,
-            self._jobs(state, counter),
+            self._jobs(state, counter, limit),
             max_errors=max(10, 3 * self.akmc.max_rounds),
             max_errors_per_job=6,
             polling_time_step=self.options.poll_seconds,
@@ -447,6 +461,8 @@ class EonWrapper:
         except CustodianError as e:
             message = _custodian_errors(custodian) or str(getattr(e, "message", e))
             status = "stopped" if extrap.last_stop is not None else "failed"
+            if limit.reached and extrap.last_stop is None:
+                message = self._max_rounds_message()
         except Exception as e:  # noqa: BLE001 - any other failure is reported, not raised through the stage
             log.exception("aKMC run in %s failed", self.run_dir)
             message = f"{type(e).__name__}: {e}"
@@ -471,8 +487,13 @@ class EonWrapper:
             message = stop.reason
         elif status == "completed" and self.kmc_steps_done() < self.akmc.kmc_steps:
             status = "failed"
-            message = f"max_rounds ({self.akmc.max_rounds}) reached with {self.kmc_steps_done()} of {self.akmc.kmc_steps} KMC steps"
-        return self._finish(status, stop, message, t0, steps_before, counter[0])
+            message = self._max_rounds_message()
+        rounds = limit.rounds(self.run_dir) if self.continuous else counter[0]
+        return self._finish(status, stop, message, t0, steps_before, rounds)
+
+    def _max_rounds_message(self) -> str:
+        return (f"max_rounds ({self.akmc.max_rounds}) reached with {self.kmc_steps_done()} of "
+                f"{self.akmc.kmc_steps} KMC steps")
 
     def _keep_custodian_log(self) -> None:
         src = self.run_dir / "custodian.json"

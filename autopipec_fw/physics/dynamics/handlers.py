@@ -9,7 +9,11 @@
   server was killed and the PID reused, or the folder moved to another node): remove it and rerun the round.
 - `ClientFailureHandler`: clients that failed for reasons other than extrapolation (killed, crashed, bad input).
   eOn drops those searches and makes new ones, so the round is rerun and the failure logged; when every client
-  of the round failed twice in a row the error is not recoverable (it would loop forever).
+  of the round failed twice in a row the error is not recoverable (it would loop forever). With a continuous
+  server (many rounds in one process) it is a monitor: eOn itself goes on after a failed client, the failure is
+  logged, and only ``max_dead_rounds`` rounds in a row in which every client failed end the run.
+- `RoundLimitHandler` (monitor, continuous server): the server has started more rounds than ``max_rounds`` in
+  this call (eOn cannot reach its confidence in a state): terminate, not recoverable.
 
 Every correction is data, logged by custodian in ``custodian.json``.
 """
@@ -36,6 +40,7 @@ LOCKFILE = "lockfile"
 STOPS_DIR = "stops"
 _FAILED_RE = re.compile(r"job failed: (\S+) \(return code (-?\d+)\)")
 _FINISHED_RE = re.compile(r"Job finished: (\S+)")
+_ROUND_RE = re.compile(r"INFO:akmc: Eon version")
 
 
 def _log_size(run_dir: Path) -> int:
@@ -54,6 +59,11 @@ def _read_log_from(run_dir: Path, offset: int) -> str:
             return fh.read().decode(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def rounds_in_log(run_dir: Path, offset: int) -> int:
+    """Server rounds started in ``akmc.log`` after byte ``offset`` (eOn logs its version at every round)."""
+    return len(_ROUND_RE.findall(_read_log_from(Path(run_dir), offset)))
 
 
 def collect_stop(
@@ -230,11 +240,37 @@ class ClientFailureHandler(ErrorHandler):
     is_monitor = False
     raises_runtime_error = True
 
-    def __init__(self, log_offset: int = 0, max_dead_rounds: int = 2) -> None:
+    def __init__(self, log_offset: int = 0, max_dead_rounds: int = 2, continuous: bool = False) -> None:
         self.log_offset = log_offset
         self.max_dead_rounds = max_dead_rounds
         self.dead_rounds = 0
+        self.continuous = continuous
+        self.is_monitor = continuous  # custodian reads it per instance
         self._pending: tuple[list[tuple[str, int]], int] | None = None
+        self._logged = 0
+
+    def _dead_rounds_at_end(self, text: str) -> tuple[int, list[tuple[str, int]]]:
+        """(finished rounds in a row at the end of ``text`` in which every client failed, all failures)."""
+        segments = _ROUND_RE.split(text)
+        complete = segments[1:-1] if len(segments) > 2 else []  # the last segment is the round still running
+        dead = 0
+        for seg in reversed(complete):
+            failed = [m for m in _FAILED_RE.finditer(seg) if m.group(2) != "100"]
+            if failed and not _FINISHED_RE.search(seg):
+                dead += 1
+            else:
+                break
+        failures = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) != "100"]
+        return dead, failures
+
+    def _check_continuous(self, run_dir: Path) -> bool:
+        dead, failures = self._dead_rounds_at_end(_read_log_from(run_dir, self.log_offset))
+        for job, rc in failures[self._logged :]:
+            log.warning("eOn client failed: %s (return code %d); eOn drops the search and makes another", job, rc)
+        self._logged = len(failures)
+        self.dead_rounds = dead
+        self._pending = (failures, 0)
+        return dead >= self.max_dead_rounds
 
     def _scan(self, run_dir: Path) -> tuple[list[tuple[str, int]], int]:
         text = _read_log_from(run_dir, self.log_offset)
@@ -243,6 +279,8 @@ class ClientFailureHandler(ErrorHandler):
         return failed, finished
 
     def check(self, directory: str = "./") -> bool:
+        if self.continuous:
+            return self._check_continuous(Path(directory))
         failed, finished = self._scan(Path(directory))
         self._pending = (failed, finished)
         if not failed:
@@ -253,6 +291,11 @@ class ClientFailureHandler(ErrorHandler):
 
     def correct(self, directory: str = "./") -> dict[str, Any]:
         run_dir = Path(directory)
+        if self.continuous:
+            failures = (self._pending or ([], 0))[0]
+            errors = [f"eOn client failed: {job} (return code {rc})" for job, rc in failures[-6:]]
+            errors.append(f"every client failed in {self.dead_rounds} rounds in a row: not recoverable")
+            return {"errors": errors, "actions": []}
         failed, finished = self._pending or self._scan(run_dir)
         self.log_offset = _log_size(run_dir)
         self.dead_rounds = self.dead_rounds + 1 if finished == 0 else 0
@@ -264,4 +307,34 @@ class ClientFailureHandler(ErrorHandler):
         return {
             "errors": errors,
             "actions": [{"action": "rerun_round", "dropped_searches": [j for j, _ in failed]}],
+        }
+
+
+class RoundLimitHandler(ErrorHandler):
+    """Monitor for a continuous server: more than ``max_rounds`` rounds in this call (eOn does not reach its
+    confidence in a state, so no KMC step is taken): end the run with that reason, not recoverable."""
+
+    is_monitor = True
+    is_terminating = True
+    raises_runtime_error = True
+
+    def __init__(self, max_rounds: int, log_offset: int = 0) -> None:
+        self.max_rounds = max_rounds
+        self.log_offset = log_offset
+        self.reached = False
+
+    def rounds(self, directory: str | Path = "./") -> int:
+        return rounds_in_log(Path(directory), self.log_offset)
+
+    def check(self, directory: str = "./") -> bool:
+        return self.rounds(directory) > self.max_rounds
+
+    def correct(self, directory: str = "./") -> dict[str, Any]:
+        self.reached = True
+        killed = kill_stray_clients(Path(directory))
+        steps = len(read_dynamics(Path(directory)))
+        return {
+            "errors": [f"max_rounds ({self.max_rounds}) reached with {steps} KMC steps in the folder"
+                       + (f"; killed stray clients {killed}" if killed else "")],
+            "actions": [],
         }
