@@ -197,13 +197,16 @@ def surface_training_structures(
     seed: int = 42,
     size: Sequence[int] | None = None,
 ) -> list[Atoms]:
-    """Rattled copies of the campaign's structure; for an adatom slab also displaced adatom positions
-    (hollow, bridge, on top and points between, at varied heights) and the bare slab.
+    """Rattled copies of the campaign's structure, and for the built-in kinds points along the hops aKMC will
+    search: for an adatom slab displaced adatom positions (hollow, bridge, on top and points between, at varied
+    heights) and the bare slab; for a vacancy in bulk a neighbour of the vacancy part of the way into it.
     """
     rng = np.random.default_rng(seed + 1)
     base = build_structure(s) if size is None else adatom_on_slab(s, size=size)
     out: list[Atoms] = []
-    if s.kind != "adatom_on_slab":
+    if s.kind == "vacancy_in_bulk":
+        out = vacancy_hop_structures(base, n, rattle_stdev, rng)
+    elif s.kind != "adatom_on_slab":
         for _ in range(n):
             out.append(rattled(base, rattle_stdev, rng, movable_only=False))
     else:
@@ -241,6 +244,34 @@ def surface_training_structures(
         at.info.pop("adsorbate_info", None)  # a dict of arrays: extxyz cannot keep it
         at.info["generator"] = "surface"
         at.info["generator_index"] = i
+    return out
+
+
+def vacancy_hop_structures(
+    base: Atoms, n: int, rattle_stdev: float, rng: np.random.Generator, site: Sequence[float] = (0.0, 0.0, 0.0)
+) -> list[Atoms]:
+    """``n`` structures around vacancy hops in ``base`` (the vacancy at ``site``): three in four move one nearest
+    neighbour of the vacancy a random fraction (0.1-0.9) of the way into it, off the straight line by up to
+    0.3 Å, the rest are plain rattles; all rattled by ``rattle_stdev``."""
+    vac = np.asarray(site, dtype=float)
+    d = base.positions - vac
+    frac = np.linalg.solve(base.cell[:].T, d.T).T
+    frac -= np.round(frac) * base.pbc  # minimum image
+    d = frac @ base.cell[:]
+    dist = np.linalg.norm(d, axis=1)
+    shell = np.flatnonzero(dist < dist.min() * 1.1)  # the nearest neighbours of the empty site
+    out: list[Atoms] = []
+    for i in range(n):
+        at = base.copy()
+        at.set_constraint()
+        if i % 4 != 3 and len(shell):
+            j = int(rng.choice(shell))
+            hop = -d[j]  # from atom j to the empty site
+            lateral = rng.normal(0.0, 1.0, 3)
+            lateral -= lateral @ hop / (hop @ hop) * hop
+            lateral *= rng.uniform(0.0, 0.3) / max(np.linalg.norm(lateral), 1e-12)
+            at.positions[j] += rng.uniform(0.1, 0.9) * hop + lateral
+        out.append(rattled(at, rattle_stdev, rng, movable_only=False))
     return out
 
 

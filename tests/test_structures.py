@@ -99,3 +99,36 @@ def test_surface_set_moves_the_adatom_between_sites():
     shifts = [np.linalg.norm(x.positions[-1, :2] - hollow[:2]) for x in with_adatom]
     assert max(shifts) > 0.3  # some away from the hollow towards bridge/top
     assert any(len(x) == 27 for x in out)  # the bare slab too
+
+
+def test_vacancy_hop_structures_move_one_neighbour_into_the_vacancy() -> None:
+    import numpy as np
+
+    from autopipec_fw.config import StructureSettings
+    from autopipec_fw.structures import build_structure, vacancy_hop_structures
+
+    base = build_structure(StructureSettings(kind="vacancy_in_bulk", element="Al", lattice="fcc", size=(2, 2, 2)))
+    nn = 4.05 / np.sqrt(2)  # Al nearest-neighbour distance
+    out = vacancy_hop_structures(base, 8, 0.0, np.random.default_rng(0))
+    assert len(out) == 8
+    for k, at in enumerate(out):
+        moved = np.flatnonzero(np.linalg.norm(at.positions - base.positions, axis=1) > 1e-9)
+        if k % 4 == 3:
+            assert moved.size == 0  # a plain (here: zero) rattle
+            continue
+        assert moved.size == 1
+        j = int(moved[0])
+        before = at.copy()
+        before.positions = base.positions
+        d0 = np.linalg.norm(_to_site(before, j))
+        d1 = np.linalg.norm(_to_site(at, j))
+        assert abs(d0 - nn) < 0.05  # it was a nearest neighbour of the empty site
+        assert 0.1 * nn - 0.05 < d0 - d1 and d1 < 0.95 * nn  # part of the way in, never onto the site
+
+
+def _to_site(at, j):
+    import numpy as np
+
+    frac = np.linalg.solve(at.cell[:].T, at.positions[j])
+    frac -= np.round(frac)
+    return frac @ at.cell[:]
