@@ -76,6 +76,15 @@ def _child(fw_id: int, launch_dir: Path, log_file: Path, launchpad_file: Path, f
     os.close(null)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    # our stage code's log lines go to the Firework's log; FireWorks' own loggers have their own handlers
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda record: not logging.getLogger(record.name).handlers)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     try:
         from fireworks.core.fworker import FWorker
         from fireworks.core.launchpad import LaunchPad

@@ -34,11 +34,12 @@ def test_run_loop_end_to_end_and_again(tmp_path: Path) -> None:
 
     # interrupted (SIGTERM, as `kill` or a batch system's time limit sends) while the first fit runs
     first = subprocess.Popen(argv, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    gen0 = ws / "campaigns" / "cli-loop" / "generations" / "gen_000"
+    generations = ws / "campaigns" / "cli-loop" / "generations"
+    gen0 = generations / "gen_000"
     deadline = time.monotonic() + 600
-    while not gen0.exists() and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.5)
-    assert gen0.exists(), "the first fit never started"
+    while not list(generations.glob("gen_000.partial-*")) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)  # the generation is built under a temporary name
+    assert list(generations.glob("gen_000.partial-*")), "the first fit never started"
     time.sleep(3)
     first.send_signal(signal.SIGTERM)
     out, err = first.communicate(timeout=120)
