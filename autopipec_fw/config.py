@@ -151,6 +151,9 @@ class AkmcSettings(_Model):
     max_rounds: PosInt = Field(200, description="server rounds per aKMC run before giving up")
     displace_radius: PosFloat = Field(3.3, description="Å around the displaced atom")
     displace_magnitude: PosFloat = Field(0.1, description="Å")
+    saddle_max_iterations: PosInt = Field(
+        1000, description="iterations of one saddle search before eOn gives it up (eOn's default 1000)"
+    )
     max_iterations: PosInt = Field(8, description="cap on stop/label/retrain cycles")
     seed: int = 1234
     eon: EonSettings = Field(default_factory=EonSettings)

@@ -98,6 +98,22 @@ def _busy_round(run: Path, sup: subprocess.Popen, after_pid: int | None = None, 
     raise AssertionError("no round with registered searches and busy clients was seen")
 
 
+def _custodian_actions(run: Path, timeout: float = 15.0) -> list[str]:
+    """The actions of the last custodian run's corrections (custodian rewrites the file in place: retry)."""
+    deadline = time.monotonic() + timeout
+    actions: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            log = json.loads((run / "custodian.json").read_text())
+            actions = [a["action"] for c in log[-1]["corrections"] for a in c["actions"]]
+        except (OSError, ValueError, IndexError, KeyError):
+            actions = []
+        if actions:
+            return actions
+        time.sleep(0.2)
+    return actions
+
+
 def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     """kill -9 of the eOn server mid-round: the supervisor clears the stale lock and orphaned clients and goes
     on. Then kill -9 of everything (server and supervisor) mid-round: nothing is left running, and a resume
@@ -122,9 +138,7 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
         first = _busy_round(run, sup)
         os.kill(first, signal.SIGKILL)  # the server only
         second = _busy_round(run, sup, after_pid=first)  # the supervisor started the round again
-        log = json.loads((run / "custodian.json").read_text())
-        actions = [a["action"] for c in log[-1]["corrections"] for a in c["actions"]]
-        assert "remove_stale_lockfile" in actions
+        assert "remove_stale_lockfile" in _custodian_actions(run)
         before = {(p["state"], p["process"]) for p in read_processes(run)}
         with contextlib.suppress(ProcessLookupError):
             os.kill(second, signal.SIGKILL)
@@ -145,8 +159,11 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     assert RunState.load(run).rounds >= 3
 
     # asked for one more step later: KMC steps and simulated time carry on from eOn's state
+    # (no extrapolation stop here: whether the new state's searches meet one depends on the random path the kills
+    # above left eOn on; stops and their resume are the other test's subject)
+    no_stop = GammaSettings(threshold=1e6, select_lower=1e5, max_selected=1)
     r3 = run_akmc(
-        run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(kmc_steps=2), GAMMA
+        run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(kmc_steps=2), no_stop
     )
     assert r3.status == "completed", r3.message
     assert r3.kmc_steps == 2 and r3.simulated_time > r.simulated_time

@@ -51,7 +51,8 @@ def _wrapper(run_dir: Path, **kw) -> EonWrapper:
 
 def test_config_and_pos_con(tmp_path, demo_atoms):
     w = _wrapper(
-        tmp_path / "run", kmc_steps=3, temperature=450.0, num_clients=3, searches_per_round=5, seed=7
+        tmp_path / "run", kmc_steps=3, temperature=450.0, num_clients=3, searches_per_round=5, seed=7,
+        saddle_max_iterations=321,
     )
     w.setup(demo_atoms)
     cp = configparser.ConfigParser()
@@ -64,6 +65,7 @@ def test_config_and_pos_con(tmp_path, demo_atoms):
     assert cp["Communicator"]["num_jobs"] == "5"
     assert cp["AKMC"]["max_kmc_steps"] == "3"
     assert float(cp["AKMC"]["confidence"]) == 0.5
+    assert cp["Saddle Search"]["max_iterations"] == "321"
     client = Path(cp["Communicator"]["client_path"])
     assert client.is_absolute() and os.access(client, os.X_OK)
     # pos.con: same atoms, the fixed bottom layer kept

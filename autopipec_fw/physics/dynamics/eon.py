@@ -53,6 +53,7 @@ from autopipec_fw.physics.dynamics.handlers import (
     StaleLockHandler,
     _log_size,
     collect_stop,
+    rounds_in_log,
 )
 from autopipec_fw.physics.dynamics.jobs import EonJob, kill_stray_clients
 from autopipec_fw.physics.dynamics.report import (
@@ -309,6 +310,7 @@ class EonWrapper:
             "displace_radius": f"{a.displace_radius:g}",
             "displace_magnitude": f"{a.displace_magnitude:g}",
             "max_energy": f"{self.options.max_barrier:g}",
+            "max_iterations": str(a.saddle_max_iterations),
         }
         cp["Optimizer"] = {"converged_force": "0.01", "max_iterations": "1000"}
         if self.options.prefactor is not None:
@@ -397,7 +399,8 @@ class EonWrapper:
                 return
             counter[0] += 1
             state = RunState.load(self.run_dir)  # handlers may have written to it since
-            state.rounds += 1
+            # rounds so far in this folder: one per server process, or eOn's own count with a continuous server
+            state.rounds = rounds_in_log(self.run_dir, 0) + 1 if self.continuous else state.rounds + 1
             state.save(self.run_dir)
             yield EonJob(self.server_command(), self._env(), state.rounds, prepare=self._prepare_round)
 
@@ -507,6 +510,8 @@ class EonWrapper:
         self, status: Status, stop: StopRecord | None, message: str, t0: float, steps_before: int, rounds: int
     ) -> AkmcResult:
         state = RunState.load(self.run_dir)
+        if self.continuous:
+            state.rounds = max(state.rounds, rounds_in_log(self.run_dir, 0))
         candidates: list[Path] = []
         if stop is not None:
             for s in state.stops:
