@@ -171,3 +171,26 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     assert [t["step"] for t in traj] == [0, 1] and traj[1]["total_time"] == pytest.approx(
         r3.simulated_time, rel=1e-5
     )
+
+
+def test_sigterm_to_the_supervisor_stops_eon(tmp_path, cu_surface_potential):
+    """A worker pool or a batch system's time limit sends SIGTERM to the process running aKMC (not to its process
+    group, and the eOn server runs in a session of its own): the run still stops the server and every client."""
+    run = tmp_path / "run"
+    root = Path(__file__).resolve().parents[2]
+    sup = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, str(run), str(cu_surface_potential.yaml), str(cu_surface_potential.asi)],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _busy_round(run, sup)
+        sup.send_signal(signal.SIGTERM)
+        assert sup.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if sup.poll() is None:
+            os.killpg(sup.pid, signal.SIGKILL)
+            sup.wait()
+    assert _wait_gone(run) == []

@@ -30,9 +30,11 @@ import io
 import json
 import logging
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,6 +194,7 @@ class EonWrapper:
         self.candidates_dir = self.run_dir / CANDIDATES_DIR
         self._evaluator_started = False
         self._worker: Any = None
+        self._job: EonJob | None = None
 
     # ------------------------------------------------------------------------------------------ folder
 
@@ -402,7 +405,8 @@ class EonWrapper:
             # rounds so far in this folder: one per server process, or eOn's own count with a continuous server
             state.rounds = rounds_in_log(self.run_dir, 0) + 1 if self.continuous else state.rounds + 1
             state.save(self.run_dir)
-            yield EonJob(self.server_command(), self._env(), state.rounds, prepare=self._prepare_round)
+            self._job = EonJob(self.server_command(), self._env(), state.rounds, prepare=self._prepare_round)
+            yield self._job
 
     def run(self, atoms: Atoms | None = None) -> AkmcResult:
         """Set the folder up (or resume it) and run rounds until done, stopped or failed."""
@@ -457,6 +461,7 @@ class EonWrapper:
             monitor_freq=1,
             directory=str(self.run_dir),
         )
+        restore = _raise_on_sigterm()
         try:
             self._start_evaluator()
             self._start_worker()
@@ -471,10 +476,15 @@ class EonWrapper:
             message = f"{type(e).__name__}: {e}"
             status = "failed"
         finally:
+            # also when the run itself is ended (SIGTERM from a worker pool or a batch system's time limit,
+            # Ctrl-C): the server runs in its own session, so nothing else would stop it
+            if self._job is not None:
+                self._job.terminate(self.run_dir)
             kill_stray_clients(self.run_dir)
             self._stop_worker()
             self._stop_evaluator()
             self._keep_custodian_log()
+            restore()
         stop = extrap.last_stop
         if stop is None and self._stop_pending():  # the round ended before the monitor looked
             stop = collect_stop(
@@ -562,6 +572,23 @@ class EonWrapper:
             atomic_write_text(self.run_dir / "result.json", json.dumps(result.to_dict(), indent=1) + "\n")
         log.info("aKMC %s: %s (%d KMC steps, %s)", self.run_dir, status, result.kmc_steps, message)
         return result
+
+
+def _raise_on_sigterm() -> Callable[[], None]:
+    """While a run is supervised, SIGTERM raises SystemExit (so that its clean-up runs) instead of killing the
+    process outright; only in the main thread and only over the default action. Returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return lambda: None
+
+    def _exit(signum: int, frame: Any) -> None:
+        log.warning("aKMC run: SIGTERM, stopping eOn")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def run_akmc(
