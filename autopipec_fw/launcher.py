@@ -222,6 +222,7 @@ class LauncherClient:
         self.started: dict[int, int] = {}
         self.exited: dict[int, int] = {}
         self._cond = threading.Condition()
+        self._exit_event = threading.Event()
         self._reader = threading.Thread(target=self._read, name="launcher-reader", daemon=True)
         self._reader.start()
         log.info("warm launcher started (pid %d)", self.proc.pid)
@@ -236,6 +237,7 @@ class LauncherClient:
                         self.started[int(parts[1])] = int(parts[2])
                     elif parts[0] == "exited":
                         self.exited[int(parts[1])] = int(parts[2])
+                        self._exit_event.set()
                     self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -262,6 +264,12 @@ class LauncherClient:
                     raise RuntimeError(f"the warm launcher (pid {self.proc.pid}) did not start fw {fw_id}")
                 self._cond.wait(min(left, 0.5))
             return self.started[fw_id]
+
+    def wait_for_exit(self, timeout: float) -> bool:
+        """Sleep until a launch exits (True) or ``timeout`` seconds pass (False)."""
+        happened = self._exit_event.wait(timeout)
+        self._exit_event.clear()
+        return happened
 
     def exit_code(self, fw_id: int) -> int | None:
         with self._cond:

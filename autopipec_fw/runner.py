@@ -262,7 +262,10 @@ class LocalRunner:
                     states = Counter(s for s, _ in self.fw_states().values())
                     if states.get("READY", 0) == 0 and states.get("RUNNING", 0) == 0:
                         return "FIZZLED" if states.get("FIZZLED") else state
-                time.sleep(self.poll)
+                if self._launcher is not None and self._live:
+                    self._launcher.wait_for_exit(self.poll)  # the next Firework starts as soon as one ends
+                else:
+                    time.sleep(self.poll)
         finally:
             self.stop_workers()
 
