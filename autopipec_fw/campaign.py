@@ -212,7 +212,7 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     structures/iter_NNN.extxyz for the oracle; the returned dict says what happened and what comes next."""
     from ase.io import write
 
-    from autopipec_fw.inference.extrapolation import read_candidates
+    from autopipec_fw.inference.extrapolation import is_physical, read_candidates
     from autopipec_fw.physics.dynamics.eon import run_akmc
     from autopipec_fw.structures import build_structure
     from autopipec_fw.training.dataset import TrainingSet
@@ -253,7 +253,7 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         for p in result.candidates:
             candidates += read_candidates(Path(p).parent) if Path(p).is_dir() else _read_one(Path(p))
         out["n_candidates"] = len(candidates)
-        physical = [a for a in candidates if _physical(a, campaign.gamma.min_distance_factor)]
+        physical = [a for a in candidates if is_physical(a, campaign.gamma.min_distance_factor)]
         if len(physical) < len(candidates):
             log.warning("dropped %d of %d candidates with atoms closer than %.2f x the covalent radii sum",
                         len(candidates) - len(physical), len(candidates), campaign.gamma.min_distance_factor)
@@ -276,19 +276,6 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     else:
         out["loop_end"] = f"completed {result.kmc_steps} KMC steps"
     return record_stage(layout, f"akmc_{iteration:03d}", out)
-
-
-def _physical(atoms, factor: float) -> bool:
-    """No two atoms closer than `factor` x the sum of their covalent radii."""
-    import numpy as np
-    from ase.data import covalent_radii
-    from ase.neighborlist import neighbor_list
-
-    if factor <= 0 or len(atoms) < 2:
-        return True
-    radii = covalent_radii[atoms.numbers]
-    i, j, d = neighbor_list("ijd", atoms, float(2 * radii.max() * factor))
-    return bool(np.all(d >= factor * (radii[i] + radii[j])))
 
 
 def _read_one(path: Path) -> list:

@@ -112,8 +112,9 @@ class GammaSettings(_Model):
     max_selected: PosInt = Field(4, description="at most this many structures labelled per stop (K)")
     min_distance_factor: float = Field(
         0.65, ge=0, lt=1,
-        description="candidates with two atoms closer than this x the sum of their covalent radii are dropped "
-        "as unphysical (they would only poison the fit)",
+        description="structures with two atoms closer than this x the sum of their covalent radii are "
+        "unphysical: never a reason to stop aKMC (in-process client) and never labelled (they would only poison "
+        "the fit)",
     )
 
     @model_validator(mode="after")

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 from ase.build import bulk
 
-from autopipec_fw.campaign import _physical, prepare_campaign
+from autopipec_fw.campaign import prepare_campaign
 from autopipec_fw.config import Campaign, ConfigError
+from autopipec_fw.inference.extrapolation import is_physical
 
 
 def test_close_contacts_are_unphysical() -> None:
     a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
-    assert _physical(a, 0.65)
+    assert is_physical(a, 0.65)
     squeezed = a.copy()
     squeezed.positions[1] = squeezed.positions[0] + [1.0, 0.3, 0.0]  # 1.04 Å apart (Cu-Cu is 2.55)
-    assert not _physical(squeezed, 0.65)
-    assert _physical(squeezed, 0.0)  # the filter can be switched off
+    assert not is_physical(squeezed, 0.65)
+    assert is_physical(squeezed, 0.0)  # the filter can be switched off
 
 
 def test_prepare_is_idempotent_and_refuses_other_settings(tmp_path: Path) -> None:

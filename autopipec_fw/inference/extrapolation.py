@@ -33,7 +33,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,18 @@ def max_gamma_of(gamma_per_atom: Sequence[float] | np.ndarray) -> float:
     return float(g.max())
 
 
+def is_physical(atoms: Atoms, factor: float) -> bool:
+    """No two atoms closer than ``factor`` x the sum of their covalent radii (``factor`` <= 0: always True)."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if factor <= 0 or len(atoms) < 2:
+        return True
+    radii = covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, float(2 * radii.max() * factor))
+    return bool(np.all(d >= factor * (radii[i] + radii[j])))
+
+
 @dataclass
 class StopPolicy:
     """What to do with one evaluated structure, given its per-atom gamma.
@@ -75,6 +87,9 @@ class StopPolicy:
     ``select_lower=None`` records nothing below the threshold. ``stop_file`` None: no stop line is written
     (the caller still sees True). ``candidates_dir`` None: no candidate is written. ``max_selected`` caps the
     number of ``select`` candidates kept in ``candidates_dir`` (stop candidates are always written).
+    ``min_distance_factor``: a structure with two atoms closer than this times the sum of their covalent radii
+    is unphysical (a search that walked into the repulsive core): it is neither recorded nor a reason to stop
+    (the oracle would never label it, so stopping for it teaches nothing); ``skipped_unphysical`` counts them.
     """
 
     threshold: float
@@ -82,6 +97,8 @@ class StopPolicy:
     stop_file: Path | str | None = None
     candidates_dir: Path | str | None = None
     max_selected: int | None = None
+    min_distance_factor: float | None = None
+    skipped_unphysical: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if not (
@@ -124,6 +141,12 @@ class StopPolicy:
         mg = max_gamma_of(gamma)
         kind = self.classify(mg)
         if kind is None:
+            return False
+        if self.min_distance_factor and not is_physical(atoms, self.min_distance_factor):
+            self.skipped_unphysical += 1
+            if self.skipped_unphysical == 1:
+                log.info("max gamma %.4g for a structure with atoms closer than %.2f x their covalent radii: "
+                         "unphysical, not recorded, no stop", mg, self.min_distance_factor)
             return False
         path: Path | None = None
         if self.candidates_dir is not None and (kind == STOP or not self._select_full()):

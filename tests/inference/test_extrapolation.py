@@ -131,3 +131,18 @@ def test_wrong_gamma_length_rejected(tmp_path):
     a, f, e = _cell()
     with pytest.raises(ValueError, match="gamma_per_atom"):
         StopPolicy(5.0).record(a, np.zeros(len(a) + 1), e, f)
+
+
+def test_unphysical_structures_neither_stop_nor_record(tmp_path):
+    """Two atoms pushed into each other (a search in the repulsive core): above the threshold but no stop, no
+    candidate, counted; the same policy still stops for a physical structure."""
+    p = StopPolicy(5.0, 2.0, tmp_path / "STOP", tmp_path / "cand", min_distance_factor=0.65)
+    a, f, e = _cell(2)
+    squeezed = a.copy()
+    squeezed.positions[1] = squeezed.positions[0] + [0.8, 0.0, 0.0]  # Cu-Cu 0.8 Å (covalent sum 2.64 Å)
+    assert p.record(squeezed, np.full(len(a), 400.0), e, f) is False
+    assert p.record(squeezed, np.full(len(a), 3.0), e, f) is False
+    assert p.skipped_unphysical == 2
+    assert not (tmp_path / "STOP").exists() and read_candidates(tmp_path / "cand") == []
+    assert p.record(a, np.full(len(a), 400.0), e, f) is True
+    assert len(read_stop_file(tmp_path / "STOP")) == 1

@@ -77,6 +77,7 @@ class ClientSettings:
     max_selected: int | None = None
     stop_file: str | None = None
     candidates_dir: str | None = None
+    min_distance_factor: float | None = None
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -149,6 +150,7 @@ def make_calculator(settings: ClientSettings, stats: CallStats) -> Any:
         stop_file=settings.stop_file,
         candidates_dir=settings.candidates_dir,
         max_selected=settings.max_selected,
+        min_distance_factor=settings.min_distance_factor,
     )
 
     class GuardedACE(PyACECalculator):  # type: ignore[misc]

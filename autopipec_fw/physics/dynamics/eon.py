@@ -284,6 +284,7 @@ class EonWrapper:
                 max_selected=self.gamma.max_selected,
                 stop_file=str(self.stop_file),
                 candidates_dir=str(self.candidates_dir),
+                min_distance_factor=self.gamma.min_distance_factor,
             )
             settings.write(self.run_dir / CLIENT_SETTINGS)
             write_client_script(self.run_dir / CLIENT_SCRIPT, self.run_dir / CLIENT_SETTINGS)
