@@ -168,6 +168,12 @@ class ValidationSettings(_Model):
     max_force_rmse: PosFloat = Field(100.0, description="meV/Å")
     max_barrier_error: PosFloat = Field(50.0, description="meV, learned vs oracle on the found processes")
     max_barriers: int = Field(4, ge=0, description="processes whose barriers are checked against the oracle")
+    min_rate_fraction: float = Field(
+        1e-3, ge=0, lt=1,
+        description="only kinetically relevant processes are checked: at the aKMC temperature (same prefactor) "
+        "at least this fraction of the rate of the fastest process of their state, i.e. barriers within "
+        "kT ln(1/fraction) of the state's lowest; 0 checks the lowest distinct barriers whatever their rate",
+    )
 
 
 class PackageSettings(_Model):

@@ -363,6 +363,20 @@ def distinct_processes(processes: Sequence[ProcessRecord], limit: int, tol: floa
     return chosen
 
 
+def relevant_processes(
+    processes: Sequence[ProcessRecord], temperature: float, min_rate_fraction: float
+) -> list[ProcessRecord]:
+    """Processes whose rate (same prefactor) at ``temperature`` K is at least ``min_rate_fraction`` of the fastest
+    process of their state: barriers within kT ln(1/fraction) of that state's lowest. 0 keeps them all."""
+    if min_rate_fraction <= 0:
+        return list(processes)
+    window = 8.617333262e-5 * temperature * math.log(1.0 / min_rate_fraction)
+    lowest: dict[int, float] = {}
+    for p in processes:
+        lowest[p.state] = min(lowest.get(p.state, math.inf), p.barrier)
+    return [p for p in processes if p.barrier <= lowest[p.state] + window]
+
+
 def _relax(atoms: Atoms, calc: Any, fmax: float, steps: int) -> bool:
     from ase.optimize import FIRE
 
@@ -640,7 +654,14 @@ def validate_potential(
         result.notes.append("validation.n_holdout is 0: no held-out errors computed")
 
     # 2. barriers
-    chosen = distinct_processes(processes, vs.max_barriers)
+    relevant = relevant_processes(processes, max(result.temperatures), vs.min_rate_fraction)
+    if len(relevant) < len(processes):
+        result.notes.append(
+            f"{len(processes) - len(relevant)} of {len(processes)} processes are too slow to matter at "
+            f"{max(result.temperatures):g} K (rate below {vs.min_rate_fraction:g} of their state's fastest): "
+            "their barriers are not checked"
+        )
+    chosen = distinct_processes(relevant, vs.max_barriers)
     for p in chosen:
         row = process_barriers(
             p, learned, oracle, campaign.oracle, workdir / "barriers", labeller, method, n_images=n_images, fmax=fmax

@@ -44,11 +44,17 @@ def eon_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bulk_campaign() -> Campaign:
-    """A bulk Cu campaign matching what cu_bulk_potential was trained on."""
+def bulk_campaign(tmp_path_factory) -> Campaign:
+    """A bulk Cu campaign matching what cu_bulk_potential was trained on: perfect and strained bulk (a vacancy
+    campaign's held-out set would hold vacancy hops, which that potential never saw)."""
+    from ase.build import bulk
+    from ase.io import write
+
+    cell = tmp_path_factory.mktemp("bulk") / "cu_2x2x2.extxyz"
+    write(cell, bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)), format="extxyz")
     return Campaign(
         name="cu-bulk-test",
-        structure={"kind": "vacancy_in_bulk", "size": (2, 2, 2)},
+        structure={"kind": "file", "file": str(cell)},
         validation={"n_holdout": 4},
         package={"name": "cu-bulk-test", "version": "1.0.0", "license": "MIT"},
     )

@@ -66,3 +66,20 @@ def test_missing_procdata_is_skipped(eon_run_dir: Path, tmp_path: Path) -> None:
     victim.saddle.unlink()
     left = read_processes(run)
     assert len(left) == 2 and all(p.process != victim.process or p.state != victim.state for p in left)
+
+
+def test_relevant_processes_by_rate() -> None:
+    """Only processes fast enough to matter in their state are gated: at 300 K and a fraction 1e-3 the window
+    above the state's lowest barrier is kT ln 1000 = 0.179 eV."""
+    from autopipec_fw.production.eon_results import ProcessRecord
+    from autopipec_fw.production.validate import relevant_processes
+
+    def proc(state: int, n: int, barrier: float) -> ProcessRecord:
+        p = Path("x")
+        return ProcessRecord(p, state, n, barrier, barrier, 0.0, 0.0, 1e12, -1, 0, p, p, p)
+
+    procs = [proc(0, 1, 0.42), proc(0, 2, 0.55), proc(0, 3, 0.86), proc(1, 4, 0.70), proc(1, 5, 0.95)]
+    kept = [p.process for p in relevant_processes(procs, 300.0, 1e-3)]
+    assert kept == [1, 2, 4]  # 0.86 is 0.44 eV above state 0's lowest, 0.95 is 0.25 eV above state 1's
+    assert [p.process for p in relevant_processes(procs, 600.0, 1e-3)] == [1, 2, 4, 5]  # 0.357 eV window
+    assert len(relevant_processes(procs, 300.0, 0.0)) == 5
