@@ -95,6 +95,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class _Stopwatch:
+    """When a stage's work started (epoch, for the overhead benchmark) and how long it took."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self._t0 = time.perf_counter()
+
+    def figures(self) -> dict[str, float]:
+        return {"seconds": round(time.perf_counter() - self._t0, 3), "started": round(self.started, 3)}
+
+
 def record_stage(layout: CampaignLayout, name: str, figures: dict[str, Any]) -> dict[str, Any]:
     """Keep the figures a stage returned in stages/<name>.json (rerunning the stage replaces them)."""
     _atomic_write_text(layout.stages / f"{name}.json", json.dumps(figures, indent=1, default=str))
@@ -166,9 +177,9 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
         todo = [all_structures[i] for i in indices]
     except IndexError:
         raise ConfigError(f"{structures_file}: holds {len(all_structures)} structures, asked for {indices}") from None
-    started, t0 = time.time(), time.perf_counter()
+    clock = _Stopwatch()
     labelled = label_structures(todo, campaign.oracle, layout.oracle, source=source)
-    seconds = time.perf_counter() - t0
+    timing = clock.figures()
     added = TrainingSet(layout.dataset).add(
         labelled, source=source, oracle_hash=oracle_hash(campaign.oracle),
         reference_energies=reference_energies_for(campaign.oracle, campaign.elements),
@@ -176,7 +187,7 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
     first = f"{indices[0]:04d}" if indices else "none"
     return record_stage(layout, f"oracle_{Path(structures_file).stem}_{first}", {
         "structures_file": structures_file, "indices": indices, "labelled": len(labelled), "added": added,
-        "seconds": round(seconds, 3), "started": round(started, 3), "calculator": campaign.oracle.calculator,
+        **timing, "calculator": campaign.oracle.calculator,
     })
 
 
@@ -188,22 +199,22 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
 
     campaign = layout.campaign()
     gen_dir = layout.generations / f"gen_{generation:03d}"
+    clock = _Stopwatch()
     if (gen_dir / "generation.json").exists():
         gen = Generation.load(gen_dir)
         log.info("%s already fitted; reused", gen_dir)
-        t, started = 0.0, time.time()
+        timing = {"seconds": 0.0, "started": clock.figures()["started"]}
     else:
         previous = latest_generation(layout.generations)
         if previous is not None and previous.index != generation - 1:
             raise ConfigError(f"{layout.generations}: asked to fit gen_{generation:03d} but the latest is "
                               f"{previous.name}")
-        started, t0 = time.time(), time.perf_counter()
         start = previous if campaign.fit.upfit else None  # a fresh fit on the whole set unless fit.upfit
         gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations, previous=start)
-        t = time.perf_counter() - t0
+        timing = clock.figures()
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,
-        "training_set_size": len(TrainingSet(layout.dataset)), "seconds": round(t, 3), "started": round(started, 3),
+        "training_set_size": len(TrainingSet(layout.dataset)), **timing,
     })
 
 
@@ -223,17 +234,17 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     gen = latest_generation(layout.generations)
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation; the fit stage must run before aKMC")
-    started = (layout.akmc / "config.ini").exists()
-    atoms = None if started else build_structure(campaign.structure)
-    started, t0 = time.time(), time.perf_counter()
+    resuming = (layout.akmc / "config.ini").exists()
+    atoms = None if resuming else build_structure(campaign.structure)
+    clock = _Stopwatch()
     result = run_akmc(layout.akmc, atoms, gen.yaml, gen.asi, campaign.akmc, campaign.gamma)
-    seconds = time.perf_counter() - t0
+    timing = clock.figures()
     out: dict[str, Any] = {
         "iteration": iteration, "generation": gen.index, "status": result.status,
         "kmc_steps": result.kmc_steps, "kmc_steps_target": campaign.akmc.kmc_steps,
         "simulated_time": result.simulated_time, "states_visited": result.states_visited,
         "force_calls": result.force_calls, "max_gamma": result.max_gamma,
-        "seconds": round(seconds, 3), "started": round(started, 3), "selected_file": None, "n_selected": 0, "n_candidates": 0,
+        **timing, "selected_file": None, "n_selected": 0, "n_candidates": 0,
     }
     try:  # time spent inside the potential (for the overhead benchmark); cumulative over the folder
         fc = json.loads(Path(result.report_path).read_text()).get("force_calls", {})
@@ -306,10 +317,9 @@ def validate(layout: CampaignLayout) -> dict[str, Any]:
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation to validate")
     runs = [layout.akmc] if (layout.akmc / "config.ini").exists() else []
-    started, t0 = time.time(), time.perf_counter()
+    clock = _Stopwatch()
     result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset)
-    figures = {"generation": gen.index, "seconds": round(time.perf_counter() - t0, 3), "started": round(started, 3),
-               **result.to_dict()}
+    figures = {"generation": gen.index, **clock.figures(), **result.to_dict()}
     figures.pop("parity", None)  # bulky; kept in validation/validation.json
     record_stage(layout, "validate", figures)
     return figures

@@ -21,7 +21,9 @@ import logging
 import os
 import select
 import signal
+import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -208,9 +210,6 @@ class LauncherClient:
     """The runner's side: starts ``python -m autopipec_fw.launcher`` and talks to it."""
 
     def __init__(self, launchpad_file: Path, fworker_file: Path | None, env: dict[str, str], log_file: Path) -> None:
-        import subprocess
-        import threading
-
         argv = [sys.executable, "-m", "autopipec_fw.launcher", "--launchpad", str(launchpad_file)]
         if fworker_file is not None:
             argv += ["--fworker", str(fworker_file)]
@@ -277,8 +276,6 @@ class LauncherClient:
 
     def close(self, timeout: float = 20.0) -> None:
         """End of stdin: the launcher stops what still runs and exits."""
-        import subprocess
-
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()

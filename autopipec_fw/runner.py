@@ -10,6 +10,7 @@ no longer exist are rerun, finished ones are not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -155,10 +156,8 @@ class Worker:
         return pid_alive(self.pid)
 
     def signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclass

@@ -253,12 +253,9 @@ def vacancy_hop_structures(
     """``n`` structures around vacancy hops in ``base`` (the vacancy at ``site``): three in four move one nearest
     neighbour of the vacancy a random fraction (0.1-0.9) of the way into it, off the straight line by up to
     0.3 Å, the rest are plain rattles; all rattled by ``rattle_stdev``."""
-    vac = np.asarray(site, dtype=float)
-    d = base.positions - vac
-    frac = np.linalg.solve(base.cell[:].T, d.T).T
-    frac -= np.round(frac) * base.pbc  # minimum image
-    d = frac @ base.cell[:]
-    dist = np.linalg.norm(d, axis=1)
+    from ase.geometry import find_mic
+
+    d, dist = find_mic(base.positions - np.asarray(site, dtype=float), base.cell, base.pbc)
     shell = np.flatnonzero(dist < dist.min() * 1.1)  # the nearest neighbours of the empty site
     out: list[Atoms] = []
     for i in range(n):

@@ -127,8 +127,6 @@ def test_vacancy_hop_structures_move_one_neighbour_into_the_vacancy() -> None:
 
 
 def _to_site(at, j):
-    import numpy as np
+    from ase.geometry import find_mic
 
-    frac = np.linalg.solve(at.cell[:].T, at.positions[j])
-    frac -= np.round(frac)
-    return frac @ at.cell[:]
+    return find_mic(at.positions[j], at.cell, at.pbc)[0]

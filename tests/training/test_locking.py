@@ -16,13 +16,19 @@ def _hold(path, seconds, started):
         time.sleep(seconds)
 
 
-def test_second_process_waits_then_gets_the_lock(tmp_path):
-    lock = tmp_path / "x.lock"
+def _start_holder(lock, seconds):
+    """Another process that holds ``lock`` for ``seconds``; returned once it has the lock."""
     ctx = mp.get_context("fork")
     started = ctx.Event()
-    p = ctx.Process(target=_hold, args=(lock, 1.0, started))
+    p = ctx.Process(target=_hold, args=(lock, seconds, started))
     p.start()
     assert started.wait(10)
+    return p
+
+
+def test_second_process_waits_then_gets_the_lock(tmp_path):
+    lock = tmp_path / "x.lock"
+    p = _start_holder(lock, 1.0)
     with pytest.raises(LockTimeout, match=r"x\.lock: still locked by another process"):
         with file_lock(lock, timeout=0.2):
             pass
@@ -35,11 +41,7 @@ def test_second_process_waits_then_gets_the_lock(tmp_path):
 
 def test_lock_of_a_killed_holder_is_released(tmp_path):
     lock = tmp_path / "y.lock"
-    ctx = mp.get_context("fork")
-    started = ctx.Event()
-    p = ctx.Process(target=_hold, args=(lock, 60, started))
-    p.start()
-    assert started.wait(10)
+    p = _start_holder(lock, 60)
     p.kill()
     p.join(10)
     with file_lock(lock, timeout=5):

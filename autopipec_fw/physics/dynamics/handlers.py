@@ -50,15 +50,27 @@ def _log_size(run_dir: Path) -> int:
         return 0
 
 
+# the monitors read the same log from the same offset at every poll: the last read is kept until the file changes
+_last_read: dict[tuple[str, int], tuple[tuple[int, int], str]] = {}
+
+
 def _read_log_from(run_dir: Path, offset: int) -> str:
     p = run_dir / AKMC_LOG
     try:
+        st = p.stat()
+        key, stamp = (str(p), offset), (st.st_size, st.st_mtime_ns)
+        hit = _last_read.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
         with p.open("rb") as fh:
             size = fh.seek(0, 2)
             fh.seek(offset if offset <= size else 0)
-            return fh.read().decode(errors="replace")
+            text = fh.read(size - fh.tell()).decode(errors="replace")
     except FileNotFoundError:
         return ""
+    _last_read.clear()
+    _last_read[key] = ((size, st.st_mtime_ns), text)
+    return text
 
 
 def rounds_in_log(run_dir: Path, offset: int) -> int:
