@@ -11,7 +11,9 @@ Layout of a campaign folder:
     oracle/<structure_hash>/   one folder per single point, raw output kept
     data/training.pckl.gzip    the training set (pacemaker DataFrame, provenance on every row)
     generations/gen_NNN/       one fitted potential per generation (.yaml, .yace, .asi, metrics)
-    akmc/runs/0001/            the eOn run folder (resumed after every stop)
+    akmc/runs/NNNN/            eOn run folders, one per potential generation ("segments": a retrain starts the
+                               next from the current configuration, KMC steps and simulated time carried over)
+    akmc/report.json           the whole KMC trajectory, processes and searches, tagged by segment and generation
     stages/<stage>.json        the figures each stage returned (for status, report and benchmarks)
     validation/                held-out set and barrier checks
 """
@@ -61,7 +63,13 @@ class CampaignLayout:
 
     @property
     def akmc(self) -> Path:
-        return self.root / "akmc" / "runs" / "0001"
+        """The campaign's aKMC folder (`autopipec_fw.eon.akmc.CampaignAkmc`: segments.json, runs/, report.json)."""
+        return self.root / "akmc"
+
+    def akmc_runs(self):
+        from autopipec_fw.eon.akmc import CampaignAkmc
+
+        return CampaignAkmc(self.akmc)
 
     @property
     def stages(self) -> Path:
@@ -223,8 +231,7 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     structures/iter_NNN.extxyz for the oracle; the returned dict says what happened and what comes next."""
     from ase.io import write
 
-    from autopipec_fw.inference.extrapolation import is_physical, read_candidates
-    from autopipec_fw.physics.dynamics.eon import run_akmc
+    from autopipec_fw.gamma import is_physical, read_candidates
     from autopipec_fw.structures import build_structure
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import latest_generation
@@ -234,20 +241,22 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     gen = latest_generation(layout.generations)
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation; the fit stage must run before aKMC")
-    resuming = (layout.akmc / "config.ini").exists()
-    atoms = None if resuming else build_structure(campaign.structure)
+    runs = layout.akmc_runs()
+    atoms = None if runs.started else build_structure(campaign.structure)
     clock = _Stopwatch()
-    result = run_akmc(layout.akmc, atoms, gen.yaml, gen.asi, campaign.akmc, campaign.gamma)
+    result = runs.run(atoms, gen.yaml, gen.asi, campaign.akmc, campaign.gamma)
+    segment = runs.current()
     timing = clock.figures()
     out: dict[str, Any] = {
         "iteration": iteration, "generation": gen.index, "status": result.status,
+        "segment": segment.index if segment else None, "run_dir": segment.run_dir if segment else None,
         "kmc_steps": result.kmc_steps, "kmc_steps_target": campaign.akmc.kmc_steps,
         "simulated_time": result.simulated_time, "states_visited": result.states_visited,
         "force_calls": result.force_calls, "max_gamma": result.max_gamma,
         **timing, "selected_file": None, "n_selected": 0, "n_candidates": 0,
     }
-    try:  # time spent inside the potential (for the overhead benchmark); cumulative over the folder
-        fc = json.loads(Path(result.report_path).read_text()).get("force_calls", {})
+    try:  # time spent inside the potential (for the overhead benchmark); cumulative over the segment
+        fc = json.loads((segment.path / "report.json").read_text()).get("force_calls", {}) if segment else {}
         out["potential_seconds"] = (fc.get("client") or {}).get("potential_seconds")
     except (OSError, ValueError):
         out["potential_seconds"] = None
@@ -258,7 +267,8 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         log.warning("%s", out["loop_end"])
         return record_stage(layout, f"akmc_{iteration:03d}", out)
     if result.status == "failed":
-        raise RuntimeError(f"{layout.akmc}: eOn aKMC failed ({result.message}); see {result.report_path}")
+        where = segment.run_dir if segment else layout.akmc
+        raise RuntimeError(f"{where}: eOn aKMC failed ({result.message}); see {where}/report.json")
     if result.status == "stopped":
         candidates = []
         for p in result.candidates:
@@ -316,7 +326,7 @@ def validate(layout: CampaignLayout) -> dict[str, Any]:
     gen = latest_generation(layout.generations)
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation to validate")
-    runs = [layout.akmc] if (layout.akmc / "config.ini").exists() else []
+    runs = list(reversed(layout.akmc_runs().run_dirs()))  # the latest segment (the final potential's) first
     clock = _Stopwatch()
     result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset)
     figures = {"generation": gen.index, **clock.figures(), **result.to_dict()}
@@ -332,7 +342,6 @@ class GateFailed(RuntimeError):
 def package(layout: CampaignLayout) -> dict[str, Any]:
     """Manifest, report and zip of the validated latest generation into the campaign's dist folder."""
     from autopipec_fw.production.deployer import release_potential
-    from autopipec_fw.production.eon_results import read_kmc_trajectory
     from autopipec_fw.production.validate import ValidationResult
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import latest_generation
@@ -353,7 +362,7 @@ def package(layout: CampaignLayout) -> dict[str, Any]:
     stops = [{"iteration": r["iteration"], "max_gamma": r.get("max_gamma"), "n_selected": r.get("n_selected"),
               "kmc_steps": r.get("kmc_steps")}
              for k, r in sorted(records.items()) if k.startswith("akmc_") and r.get("status") == "stopped"]
-    trajectory = read_kmc_trajectory(layout.akmc) if (layout.akmc / "config.ini").exists() else []
+    trajectory = layout.akmc_runs().trajectory()
     path = release_potential(
         campaign, gen, result, Path(campaign.package.dist_dir), training_set_size=len(TrainingSet(layout.dataset)),
         generations=generations, stops=stops, kmc_trajectory=trajectory,

@@ -66,7 +66,7 @@ def raw_cost(yaml: Path, asi: Path, n: int = 300, procs: int = 1) -> dict[str, f
 
 def run_mode(mode: str, workdir: Path, yaml: Path, asi: Path, steps: int, confidence: float) -> dict:
     from autopipec_fw.config import AkmcSettings, EonSettings, GammaSettings, StructureSettings
-    from autopipec_fw.physics.dynamics.eon import run_akmc
+    from autopipec_fw.eon.akmc import run_akmc
     from autopipec_fw.structures import build_structure
 
     run_dir = workdir / mode

@@ -112,7 +112,7 @@ def stage_intervals(rec: dict[str, dict], prefix: str) -> list[Interval]:
 
 
 def direct_akmc_force_calls(layout: CampaignLayout, kmc_steps: int) -> tuple[int, int, float]:
-    from autopipec_fw.physics.dynamics.eon import EonRunOptions, run_akmc
+    from autopipec_fw.eon.akmc import EonRunOptions, run_akmc
     from autopipec_fw.structures import build_structure
     from autopipec_fw.training.fit import latest_generation
 
@@ -183,7 +183,7 @@ def main() -> int:
     oracle_iv = stage_intervals(rec, "oracle_")
     fit_iv = stage_intervals(rec, "fit_")
     val_iv = stage_intervals(rec, "validate")
-    force_iv = force_intervals(layout.akmc)
+    force_iv = [iv for run in layout.akmc_runs().run_dirs() for iv in force_intervals(run)]
     if not windows or not (oracle_iv and fit_iv):
         print("(c) needs a campaign run with this version (stage start times are missing): use a new --workspace")
         return 1

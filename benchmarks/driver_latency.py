@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autopipec_fw.inference.evaluator import (  # noqa: E402
+from autopipec_fw.eon.extpot.evaluator import (  # noqa: E402
     OUTPUT_NAME,
     start_evaluator,
     stop_evaluator,

@@ -89,7 +89,7 @@ fi
 EON_DIR="$ROOT/third_party/eon-akmc-$EON_VERSION"
 if ! stamp_ok eon "$EON_VERSION-$EON_SHA256" || [[ ! -f "$EON_DIR/eon/server.py" ]]; then
     log "fetching the eOn $EON_VERSION server (pure Python) from PyPI"
-    "$VENV/bin/python" -m autopipec_fw.physics.dynamics.runtime fetch-server \
+    "$VENV/bin/python" -m autopipec_fw.eon.runtime fetch-server \
         --version "$EON_VERSION" --sha256 "$EON_SHA256" --dest "$EON_DIR"
     SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     echo "$EON_DIR" > "$SITE/eon_akmc_server.pth"

@@ -9,7 +9,7 @@ from ase.build import bulk
 
 from autopipec_fw.campaign import prepare_campaign
 from autopipec_fw.config import Campaign, ConfigError
-from autopipec_fw.inference.extrapolation import is_physical
+from autopipec_fw.gamma import is_physical
 
 
 def test_close_contacts_are_unphysical() -> None:

@@ -7,7 +7,6 @@ Nothing here imports FireWorks.
 """
 
 from autopipec_fw.production.deployer import ProductionDeployer, ReleaseError, release_potential
-from autopipec_fw.production.eon_results import EonResultsError, read_kmc_trajectory, read_processes
 from autopipec_fw.production.manifest import ManifestError, ProductionManifest, validate_metadata
 from autopipec_fw.production.report import write_report
 from autopipec_fw.production.validate import (
@@ -18,7 +17,6 @@ from autopipec_fw.production.validate import (
 )
 
 __all__ = [
-    "EonResultsError",
     "GateFailedError",
     "ManifestError",
     "ProductionDeployer",
@@ -26,8 +24,6 @@ __all__ = [
     "ReleaseError",
     "ValidationError",
     "ValidationResult",
-    "read_kmc_trajectory",
-    "read_processes",
     "release_potential",
     "validate_metadata",
     "validate_potential",

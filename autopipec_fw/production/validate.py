@@ -34,7 +34,7 @@ import numpy as np
 from ase import Atoms
 
 from autopipec_fw.config import Campaign, OracleSettings
-from autopipec_fw.production.eon_results import ProcessRecord, read_con, read_processes, run_temperature
+from autopipec_fw.eon.io import ProcessRecord, read_con, read_processes, run_temperature
 
 log = logging.getLogger(__name__)
 
@@ -632,7 +632,7 @@ def validate_potential(
     processes: list[ProcessRecord] = []
     temps: list[float] = []
     for rd in eon_run_dirs:
-        processes += read_processes(Path(rd))
+        processes += read_processes(Path(rd), with_geometry=True)
         t = run_temperature(Path(rd))
         temps.append(t if t is not None else campaign.akmc.temperature)
     result.temperatures = sorted(set(temps)) or [campaign.akmc.temperature]

@@ -1,46 +1,11 @@
-"""Fixtures of the production tests: a real-format eOn run folder (cached) and validation results."""
+"""Fixtures of the production tests: validation results (the eOn run folder is tests/fixtures/eon.py's)."""
 
 from __future__ import annotations
-
-import hashlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from autopipec_fw.config import Campaign
 from autopipec_fw.production.validate import ValidationResult, validate_potential
-
-CACHE = Path(os.environ.get("AUTOPIPEC_TEST_CACHE", Path(__file__).resolve().parents[1] / ".cache")) / "production"
-
-
-def _eon_run_cached() -> Path:
-    """Build tests/production/eon_folder.py's run once; the cache key is the builder's source."""
-    from tests.production import eon_folder
-
-    key = hashlib.sha256(Path(eon_folder.__file__).read_bytes()).hexdigest()[:12]
-    final = CACHE / f"eon_run-{key}"
-    if not (final / "dynamics.txt").is_file():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".eon_run-"))
-        eon_folder.build_eon_run(tmp / "run")
-        try:
-            os.rename(tmp / "run", final)
-        except OSError:  # another process finished first
-            if not (final / "dynamics.txt").is_file():
-                raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-@pytest.fixture(scope="session")
-def eon_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the cached aKMC run folder (Cu adatom hops on Cu(100), EMT), safe to modify."""
-    dst = tmp_path_factory.mktemp("eon") / "run"
-    shutil.copytree(_eon_run_cached(), dst)
-    return dst
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import base64
 import re
 
 from autopipec_fw.config import Campaign
-from autopipec_fw.production.eon_results import read_kmc_trajectory
+from autopipec_fw.eon.io import read_dynamics
 from autopipec_fw.production.manifest import ProductionManifest
 from autopipec_fw.production.report import learning_curve_series, write_report
 
@@ -19,7 +19,7 @@ def test_full_report_is_self_contained(surface_validation, eon_run_dir, cu_bulk_
     m = ProductionManifest.from_campaign(Campaign(), surface_validation, training_set_size=34)
     gens = [cu_bulk_potential.generation.to_dict(), {"index": 1, "metrics": {"train_energy_rmse": 1.0, "test_force_rmse": 9.0}}]
     stops = [{"iteration": 0, "max_gamma": 31.0}, 8.5]
-    path = write_report(tmp_path / "report.html", m, surface_validation, gens, stops, read_kmc_trajectory(eon_run_dir))
+    path = write_report(tmp_path / "report.html", m, surface_validation, gens, stops, read_dynamics(eon_run_dir))
     html = path.read_text()
     imgs = _images(html)
     assert set(imgs) == {"learning curve", "parity plots", "max gamma per stop", "KMC trajectory"}

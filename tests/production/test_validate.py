@@ -69,7 +69,7 @@ def test_path_method_labels_the_learned_path(eon_run_dir, tmp_path) -> None:
     from ase.calculators.emt import EMT
 
     from autopipec_fw.config import OracleSettings
-    from autopipec_fw.production.eon_results import read_processes
+    from autopipec_fw.eon.io import read_processes
     from autopipec_fw.production.validate import default_labeller, distinct_processes, process_barriers
 
     proc = distinct_processes(read_processes(eon_run_dir), 1)[0]
@@ -98,7 +98,7 @@ def test_process_that_does_not_exist_for_the_oracle_fails(cu_bulk_potential, eon
     import shutil
 
     from autopipec_fw.config import Campaign
-    from autopipec_fw.production.eon_results import read_processes
+    from autopipec_fw.eon.io import read_processes
     from autopipec_fw.production.validate import validate_potential
 
     run = tmp_path / "run"

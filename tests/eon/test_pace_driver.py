@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autopipec_fw.inference import pace_driver
-from autopipec_fw.inference.evaluator import (
+from autopipec_fw.eon.extpot import pace_driver, protocol
+from autopipec_fw.eon.extpot.evaluator import (
     driver_environment,
     driver_path,
     evaluator_stats,
-    read_calls_file,
     start_evaluator,
     stop_evaluator,
     write_driver_wrapper,
 )
-from autopipec_fw.inference.extrapolation import read_candidates, read_stop_file
+from autopipec_fw.eon.state import read_calls_file
+from autopipec_fw.gamma import read_candidates, read_stop_file
 
 from .conftest import (
     PY,
@@ -374,12 +374,12 @@ def test_start_with_bad_potential_fails_clearly(tmp_path):
 
 
 def test_socket_path_for_long_run_dirs(tmp_path):
-    short = pace_driver.socket_path_for(str(tmp_path))
+    short = protocol.socket_path_for(str(tmp_path))
     assert short == str(tmp_path / "pace_evaluator.sock")
     deep = tmp_path / ("x" * 60) / ("y" * 60)
-    p = pace_driver.socket_path_for(str(deep))
+    p = protocol.socket_path_for(str(deep))
     assert len(p.encode()) <= 100 and p.endswith(".sock")
-    assert p == pace_driver.socket_path_for(str(deep))  # the driver and the evaluator agree
+    assert p == protocol.socket_path_for(str(deep))  # the driver and the evaluator agree
 
 
 def test_bare_path_with_environment_only(tmp_path, daemon, cu_surface_potential):
@@ -410,7 +410,7 @@ def test_wrapper_for_an_interpreter_path_with_spaces(tmp_path, daemon):
 def test_evaluator_command_line_detach_and_stop(tmp_path, cu_surface_potential):
     """What a user with their own eOn runs: start in the background, then stop by the PID file."""
     run_dir = tmp_path / "run"
-    mod = ["-m", "autopipec_fw.inference.evaluator", "--run-dir", str(run_dir)]
+    mod = ["-m", "autopipec_fw.eon.extpot.evaluator", "--run-dir", str(run_dir)]
     r = run([PY, *mod, "--potential", str(cu_surface_potential.yaml), "--detach"], tmp_path)
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.strip())

@@ -17,8 +17,9 @@ import pytest
 from ase.io import read
 
 from autopipec_fw.config import GammaSettings
-from autopipec_fw.physics.dynamics.eon import run_akmc
-from autopipec_fw.physics.dynamics.report import RunState, read_processes
+from autopipec_fw.eon.akmc import run_akmc
+from autopipec_fw.eon.io import read_processes
+from autopipec_fw.eon.state import RunState
 from tests.fixtures.eon import processes_in, quick_akmc
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ SUPERVISOR = textwrap.dedent(
     import sys
     from pathlib import Path
     from autopipec_fw.config import GammaSettings
-    from autopipec_fw.physics.dynamics.eon import run_akmc
+    from autopipec_fw.eon.akmc import run_akmc
     from tests.fixtures.eon import demo_structure, quick_akmc
     r = run_akmc(Path(sys.argv[1]), demo_structure(), Path(sys.argv[2]), Path(sys.argv[3]), quick_akmc(),
                  GammaSettings(threshold=5.0, select_lower=2.0, max_selected=4))
@@ -139,7 +140,7 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
         os.kill(first, signal.SIGKILL)  # the server only
         second = _busy_round(run, sup, after_pid=first)  # the supervisor started the round again
         assert "remove_stale_lockfile" in _custodian_actions(run)
-        before = {(p["state"], p["process"]) for p in read_processes(run)}
+        before = {(p.state, p.process) for p in read_processes(run)}
         with contextlib.suppress(ProcessLookupError):
             os.kill(second, signal.SIGKILL)
         os.killpg(sup.pid, signal.SIGKILL)  # and the supervisor: a node lost
@@ -153,7 +154,7 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     r = run_akmc(run, None, cu_surface_potential.yaml, cu_surface_potential.asi, quick_akmc(), GAMMA)
     assert r.status == "completed", r.message
     assert r.kmc_steps == 1
-    after = {(p["state"], p["process"]) for p in read_processes(run)}
+    after = {(p.state, p.process) for p in read_processes(run)}
     assert before <= after  # nothing registered before the kill was lost
     assert processes_in(run) == []
     assert RunState.load(run).rounds >= 3
@@ -168,7 +169,7 @@ def test_kill9_mid_round_then_resume(tmp_path, cu_surface_potential):
     assert r3.status == "completed", r3.message
     assert r3.kmc_steps == 2 and r3.simulated_time > r.simulated_time
     traj = json.loads(Path(r3.report_path).read_text())["trajectory"]
-    assert [t["step"] for t in traj] == [0, 1] and traj[1]["total_time"] == pytest.approx(
+    assert [t["step"] for t in traj] == [0, 1] and traj[1]["time"] == pytest.approx(
         r3.simulated_time, rel=1e-5
     )
 

@@ -1,31 +1,25 @@
-#!/usr/bin/env python3
-"""eOn ext_pot driver for an ACE potential with an extrapolation (gamma) stop.
+"""The ext_pot protocol between eOn, ``pace_driver.py`` and the persistent evaluator: standard library only.
 
-eOn runs this program in a folder holding ``from_eon_to_extpot`` (3 box rows, then ``Z x y z`` per atom, Å);
-it writes ``from_extpot_to_eon`` (energy in eV, then ``fx fy fz`` per atom in eV/Å) and exits 0.
+eOn's side (``[Potential] potential = ext_pot``): in each call folder eOn writes `INPUT_NAME` (3 box rows, then
+``Z x y z`` per atom, Å) and runs the driver there; the driver writes `OUTPUT_NAME` (energy in eV, then
+``fx fy fz`` per atom in eV/Å) and exits `EXIT_OK`. A gamma stop exits `EXIT_STOP` (100) and leaves a line in the
+stop file; bad input `EXIT_INPUT`, a bad potential `EXIT_POTENTIAL`, anything else `EXIT_INTERNAL`.
 
-When the largest per-atom gamma exceeds ``--gamma-max``, the structure goes to ``--candidates-dir`` (extxyz with
-per-atom gamma, energy, forces), one line is appended to ``--stop-file``, no result file is written and the exit
-code is 100. Bad input or potential: one line on stderr, exit 2 (input/options) or 3 (potential), no result file.
+Our side: the driver forwards a call to the evaluator over a Unix socket (`socket_path_for`): one request
+``EVAL\0<call folder>\0key=value...`` (`encode_request`), one reply ``<exit code> <one-line message>``
+(`forward`). `OPTIONS` lists the driver's options with their environment variables.
 
-Every option can also be given as an environment variable (a bare ``ext_pot_path`` then works); command-line
-options win. ``python pace_driver.py --help`` lists them.
-
-Daemon mode: when a persistent evaluator (``autopipec_fw.inference.evaluator``) listens on ``--socket`` (default
-``<run-dir>/pace_evaluator.sock``), this program only forwards the call to it and imports nothing but the standard
-library's ``_socket``/``os``/``sys``. Without a reachable evaluator it loads the potential itself (fallback).
-
-This file must stay importable and runnable by any Python 3 without third-party packages on the forwarding path.
-When the fallback needs pyace and the running interpreter lacks it, the driver re-executes itself with
-``PACE_DRIVER_PYTHON`` or the project's ``.venv/bin/python`` next to the package.
+This module is imported by the driver on every force call: it must import nothing but ``posix`` and ``sys``
+at module level (``os`` alone costs milliseconds there).
 """
 
-import posix  # the built-in half of `os`: importing os itself costs milliseconds on this path
-import sys
+import posix
 
 INPUT_NAME = "from_eon_to_extpot"
 OUTPUT_NAME = "from_extpot_to_eon"
 SOCKET_NAME = "pace_evaluator.sock"
+STOP_NAME = "pace_stop"  # default stop file (in the run folder)
+CANDIDATES_NAME = "pace_candidates"  # default candidates folder (in the run folder)
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -50,6 +44,12 @@ OPTIONS = {
     "max-selected": ("PACE_DRIVER_MAX_SELECTED", False, "keep at most this many non-stop candidates"),
     "stop-file": ("PACE_DRIVER_STOP_FILE", True, "file to append a JSON line to on a stop"),
     "candidates-dir": ("PACE_DRIVER_CANDIDATES_DIR", True, "folder for candidate structures (extxyz)"),
+    "min-distance-factor": (
+        "PACE_DRIVER_MIN_DISTANCE_FACTOR",
+        False,
+        "a structure with two atoms closer than this x the sum of their covalent radii is unphysical: "
+        "never a stop, never recorded (default: off; campaigns set gamma.min_distance_factor)",
+    ),
     "calls-file": ("PACE_DRIVER_CALLS_FILE", True, "append one line (max gamma) per force call"),
     "run-dir": (
         "PACE_DRIVER_RUN_DIR",
@@ -121,28 +121,6 @@ def abspath(p):
     return "/" + "/".join(parts)
 
 
-def known_environment():
-    """The driver's variables from the environment (str), read through posix without importing os."""
-    env = posix.environ
-    out = {}
-    for name, _, _ in OPTIONS.values():
-        v = env.get(name.encode())
-        if v:
-            out[name] = v.decode("utf-8", "surrogateescape")
-    return out
-
-
-def usage():
-    lines = [
-        f"usage: pace_driver.py [--option value ...]   (run by eOn's ext_pot in the folder holding {INPUT_NAME})",
-        "options (each also read from the environment variable shown; the command line wins):",
-    ]
-    for name, (env, _, text) in OPTIONS.items():
-        lines.append(f"  --{name:<15} {env:<28} {text}")
-    lines.append("exit codes: 0 ok, 100 gamma stop, 2 bad input/options, 3 bad potential, 1 internal error")
-    return "\n".join(lines)
-
-
 def socket_path(opts):
     """The evaluator socket these options point at, or None."""
     s = opts.get("socket")
@@ -206,87 +184,3 @@ def forward(sock_path, payload, timeout):
     if not code.isdigit():
         return None  # the evaluator died mid-call: fall back
     return int(code), message
-
-
-def _venv_python():
-    import os
-
-    env = os.environ.get("PACE_DRIVER_PYTHON")
-    if env:
-        return env
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-    cand = os.path.join(root, ".venv", "bin", "python")
-    return cand if os.path.exists(cand) else None
-
-
-def run_local(workdir, opts, argv):
-    """Fallback: load the potential in this process (imports pyace: ~1 s)."""
-    import os
-
-    if sys.flags.no_site:
-        import site
-
-        site.main()
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-    if root not in sys.path:
-        sys.path.append(root)
-    import importlib.util
-
-    if importlib.util.find_spec("pyace") is None:
-        other = _venv_python()
-        if (
-            other
-            and not os.environ.get("_PACE_DRIVER_REEXEC")
-            and os.path.realpath(other) != os.path.realpath(sys.executable)
-        ):
-            os.environ["_PACE_DRIVER_REEXEC"] = "1"
-            os.execv(other, [other, "-I", "-S", os.path.realpath(__file__), *argv])
-        return EXIT_INTERNAL, (
-            f"cannot load the potential: pyace is not importable by {sys.executable}; run the driver with the "
-            "project's Python (set PACE_DRIVER_PYTHON, or use the wrapper from write_driver_wrapper)"
-        )
-    import logging
-
-    from autopipec_fw.inference import evaluator
-
-    logging.getLogger("autopipec_fw").setLevel(logging.WARNING)  # stderr is for the one-line error only
-    return evaluator.run_folder(workdir, opts)
-
-
-def main(argv=None):
-    if argv is None:
-        argv = sys.argv[1:]
-    try:
-        opts = parse_options(argv, known_environment())
-    except UsageError as exc:
-        if str(exc) == "help":
-            sys.stdout.write(usage() + "\n")
-            return EXIT_OK
-        sys.stderr.write(f"pace_driver: {exc}\n")
-        return EXIT_INPUT
-    workdir = posix.getcwd()
-    result = None
-    sock = socket_path(opts)
-    if sock:
-        try:
-            timeout = float(opts.get("timeout") or 600.0)
-        except ValueError:
-            sys.stderr.write(
-                f"pace_driver: --timeout / PACE_DRIVER_TIMEOUT: expected seconds, got {opts['timeout']!r}\n"
-            )
-            return EXIT_INPUT
-        result = forward(sock, encode_request(workdir, opts), timeout)
-    if result is None:
-        if opts.get("fallback", "1").strip().lower() in ("0", "no", "false", "off"):
-            where = f"on {sock}" if sock else "(no --socket or --run-dir given)"
-            sys.stderr.write(f"pace_driver: no evaluator answered {where} and fallback is off\n")
-            return EXIT_INTERNAL
-        result = run_local(workdir, opts, argv)
-    code, message = result
-    if message:
-        sys.stderr.write("pace_driver: " + message.strip().replace("\n", " ") + "\n")
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

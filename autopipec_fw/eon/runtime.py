@@ -1,6 +1,6 @@
 """Where eOn lives: the local runtime (server from the eon-akmc sdist, our client on pyeonclient) or a user's own.
 
-`python -m autopipec_fw.physics.dynamics.runtime fetch-server --version V --sha256 H --dest DIR` is the setup
+`python -m autopipec_fw.eon.runtime fetch-server --version V --sha256 H --dest DIR` is the setup
 step that puts the pure-Python eOn server in place: it downloads the sdist from the package index, checks its
 sha256 and extracts only the `eon/` package (safely: no absolute paths, no `..`, no links).
 """
@@ -108,7 +108,7 @@ def check_local_runtime() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m autopipec_fw.physics.dynamics.runtime")
+    p = argparse.ArgumentParser(prog="python -m autopipec_fw.eon.runtime")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch-server", help="download and extract the pure-Python eOn server")
     f.add_argument("--version", required=True)

@@ -30,14 +30,13 @@ from typing import Any
 
 from custodian.custodian import ErrorHandler
 
-from autopipec_fw.physics.dynamics.jobs import kill_stray_clients
-from autopipec_fw.physics.dynamics.report import RunState, StopRecord, read_dynamics
+from autopipec_fw import processes
+from autopipec_fw.eon.io import read_dynamics
+from autopipec_fw.eon.jobs import kill_stray_clients
+from autopipec_fw.eon.state import AKMC_LOG, LOCKFILE, STOPS_DIR, RunState, StopRecord
 
 log = logging.getLogger(__name__)
 
-AKMC_LOG = "akmc.log"
-LOCKFILE = "lockfile"
-STOPS_DIR = "stops"
 _FAILED_RE = re.compile(r"job failed: (\S+) \(return code (-?\d+)\)")
 _FINISHED_RE = re.compile(r"Job finished: (\S+)")
 _ROUND_RE = re.compile(r"INFO:akmc: Eon version")
@@ -87,7 +86,7 @@ def collect_stop(
     threshold: float | None = None,
 ) -> StopRecord:
     """Move the stop file and every candidate into ``stops/stop_NNN/`` and record the stop (not handed back)."""
-    from autopipec_fw.inference.extrapolation import read_stop_file
+    from autopipec_fw.gamma import read_stop_file
 
     run_dir = Path(run_dir)
     state = RunState.load(run_dir)
@@ -183,13 +182,6 @@ class ExtrapolationHandler(ErrorHandler):
         }
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 def lock_holder(run_dir: Path) -> int | None:
     p = Path(run_dir) / LOCKFILE
     try:
@@ -204,19 +196,11 @@ def lock_is_stale(run_dir: Path) -> bool:
     if not p.exists():
         return False
     pid = lock_holder(run_dir)
-    if pid is None or pid <= 0:
+    if pid is None or pid <= 0 or not processes.pid_alive(pid):
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    cmd = " ".join(_cmdline(pid))
-    try:
-        cwd = Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
-    except OSError:
-        cwd = None
+    cmd = " ".join(processes.cmdline(pid))
+    cwd = processes.cwd(pid)
+    cwd = cwd.resolve() if cwd is not None else None
     is_server = "eon" in cmd and "server" in cmd or "eon-server" in cmd or "eon.akmc" in cmd
     return not (is_server and cwd == Path(run_dir).resolve())
 

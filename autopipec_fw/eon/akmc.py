@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
-import io
+import dataclasses
 import json
 import logging
 import shutil
@@ -42,13 +42,10 @@ from typing import Any, Literal
 from ase import Atoms
 
 from autopipec_fw.config import AkmcSettings, GammaSettings
-from autopipec_fw.physics.dynamics.client import (
-    ClientSettings,
-    start_worker,
-    stop_worker,
-    write_client_script,
-)
-from autopipec_fw.physics.dynamics.handlers import (
+from autopipec_fw.eon.client.search import ClientSettings
+from autopipec_fw.eon.client.worker import start_worker, stop_worker, write_client_script
+from autopipec_fw.eon.config import akmc_config, write_config
+from autopipec_fw.eon.handlers import (
     ClientFailureHandler,
     ExtrapolationHandler,
     RoundLimitHandler,
@@ -57,24 +54,35 @@ from autopipec_fw.physics.dynamics.handlers import (
     collect_stop,
     rounds_in_log,
 )
-from autopipec_fw.physics.dynamics.jobs import EonJob, kill_stray_clients
-from autopipec_fw.physics.dynamics.report import (
+from autopipec_fw.eon.io import (
+    con_text,
+    read_con,
+    read_dynamics,
+    read_info,
+    read_processes,
+    search_statistics,
+    states_dir,
+    states_visited,
+)
+from autopipec_fw.eon.jobs import EonJob, kill_stray_clients
+from autopipec_fw.eon.report import build_report, write_report
+from autopipec_fw.eon.state import (
+    CANDIDATES_DIR,
+    CLIENT_SCRIPT,
+    CLIENT_SETTINGS,
     DRIVER_CALLS,
+    DRIVER_WRAPPER,
+    REPORT_FILE,
+    RESULT_FILE,
+    STOP_FILE,
     RunState,
     StopRecord,
     atomic_write_text,
-    build_report,
-    read_dynamics,
-    write_report,
 )
+from autopipec_fw.gamma import StopPolicy
 
 log = logging.getLogger(__name__)
 
-STOP_FILE = "pace_stop"
-CANDIDATES_DIR = "candidates"
-CLIENT_SCRIPT = "eon_client"
-CLIENT_SETTINGS = "client.json"
-DRIVER_WRAPPER = "pace_driver"
 Status = Literal["completed", "stopped", "failed"]
 
 
@@ -100,6 +108,7 @@ class EonRunOptions:
     persistent_worker: bool = True
     extra_config: dict[str, dict[str, str]] = field(default_factory=dict)
     max_dead_rounds: int = 2
+    random_seed: int | None = None
 
 
 @dataclass
@@ -163,14 +172,6 @@ def _check_atoms(atoms: Atoms) -> None:
             )
 
 
-def _con_text(atoms: Atoms) -> str:
-    from ase.io import write
-
-    buf = io.StringIO()
-    write(buf, atoms, format="eon")
-    return buf.getvalue()
-
-
 class EonWrapper:
     """One eOn aKMC run folder and its supervision (see the module docstring)."""
 
@@ -192,6 +193,8 @@ class EonWrapper:
         self.eon = akmc.eon
         self.stop_file = self.run_dir / STOP_FILE
         self.candidates_dir = self.run_dir / CANDIDATES_DIR
+        # the campaign's one stop rule, for whichever route evaluates the potential
+        self.policy = StopPolicy.from_settings(gamma, stop_file=self.stop_file, candidates_dir=self.candidates_dir)
         self._evaluator_started = False
         self._worker: Any = None
         self._job: EonJob | None = None
@@ -220,7 +223,7 @@ class EonWrapper:
                 raise EonRunError(f"{self.run_dir}: nothing to resume (no pos.con); pass the starting atoms")
         else:
             _check_atoms(atoms)
-            text = _con_text(atoms)
+            text = con_text(atoms)
             pos = self.run_dir / "pos.con"
             if self.started:
                 if pos.read_text() != text:
@@ -259,18 +262,14 @@ class EonWrapper:
         return {
             "potential": self.generation_yaml,
             "active_set": self.generation_asi,
-            "gamma_max": self.gamma.threshold,
-            "gamma_select": self.gamma.select_lower,
-            "max_selected": self.gamma.max_selected,
-            "stop_file": self.stop_file,
-            "candidates_dir": self.candidates_dir,
+            **self.policy.driver_options(),
             "calls_file": self.run_dir / DRIVER_CALLS,
             "run_dir": self.run_dir,
         }
 
     def _write_client(self) -> None:
         if self._uses_ext_pot():
-            from autopipec_fw.inference.evaluator import write_driver_wrapper
+            from autopipec_fw.eon.extpot.evaluator import write_driver_wrapper
 
             write_driver_wrapper(self.run_dir / DRIVER_WRAPPER, **self._driver_options())
         if self.eon.runtime == "local":
@@ -279,59 +278,25 @@ class EonWrapper:
                 potential="config" if self._uses_ext_pot() else self.options.client_potential,
                 potential_yaml=str(self.generation_yaml),
                 active_set=str(self.generation_asi),
-                gamma_threshold=self.gamma.threshold,
-                gamma_select_lower=self.gamma.select_lower,
-                max_selected=self.gamma.max_selected,
-                stop_file=str(self.stop_file),
-                candidates_dir=str(self.candidates_dir),
-                min_distance_factor=self.gamma.min_distance_factor,
+                policy=self.policy.to_dict(),
             )
             settings.write(self.run_dir / CLIENT_SETTINGS)
             write_client_script(self.run_dir / CLIENT_SCRIPT, self.run_dir / CLIENT_SETTINGS)
 
     def config(self, max_kmc_steps: int) -> configparser.ConfigParser:
         """The config.ini eOn reads (server and clients)."""
-        a = self.akmc
-        cp = configparser.ConfigParser(interpolation=None)
-        cp.optionxform = str  # type: ignore[assignment,method-assign]
-        cp["Main"] = {"job": "akmc", "temperature": f"{a.temperature:g}", "random_seed": str(a.seed)}
         if self._uses_ext_pot():
-            cp["Potential"] = {"potential": "ext_pot", "ext_pot_path": str(self.run_dir / DRIVER_WRAPPER)}
+            potential = {"potential": "ext_pot", "ext_pot_path": str(self.run_dir / DRIVER_WRAPPER)}
         else:
-            cp["Potential"] = {"potential": "ase" if self.options.client_potential == "ace" else "emt"}
-        cp["Communicator"] = {
-            "type": "local",
-            "client_path": self._client_path(),
-            "number_of_CPUs": str(a.num_clients),
-            "num_jobs": str(a.searches_per_round),
-        }
-        cp["AKMC"] = {"confidence": f"{a.confidence:g}", "max_kmc_steps": str(max(int(max_kmc_steps), 1))}
-        cp["Process Search"] = {"minimize_first": "true"}
-        cp["Saddle Search"] = {
-            "method": "min_mode",
-            "min_mode_method": "dimer",
-            "displace_least_coordinated_weight": "1.0",
-            "displace_radius": f"{a.displace_radius:g}",
-            "displace_magnitude": f"{a.displace_magnitude:g}",
-            "max_energy": f"{self.options.max_barrier:g}",
-            "max_iterations": str(a.saddle_max_iterations),
-        }
-        cp["Optimizer"] = {"converged_force": "0.01", "max_iterations": "1000"}
-        if self.options.prefactor is not None:
-            cp["Prefactor"] = {"default_value": f"{self.options.prefactor:g}"}
-        for section, entries in self.options.extra_config.items():
-            if not cp.has_section(section):
-                cp[section] = {}
-            for k, v in entries.items():
-                cp[section][k] = str(v)
-        return cp
+            potential = {"potential": "ase" if self.options.client_potential == "ace" else "emt"}
+        return akmc_config(
+            self.akmc, potential=potential, client_path=self._client_path(), max_kmc_steps=max_kmc_steps,
+            prefactor=self.options.prefactor, max_barrier=self.options.max_barrier,
+            random_seed=self.options.random_seed, extra=self.options.extra_config,
+        )
 
     def write_config(self, max_kmc_steps: int) -> Path:
-        buf = io.StringIO()
-        self.config(max_kmc_steps).write(buf)
-        p = self.run_dir / "config.ini"
-        atomic_write_text(p, buf.getvalue())
-        return p
+        return write_config(self.run_dir / "config.ini", self.config(max_kmc_steps))
 
     def _prepare_round(self) -> None:
         self.write_config(self.akmc.kmc_steps - self.kmc_steps_done())
@@ -354,7 +319,7 @@ class EonWrapper:
     def _env(self) -> dict[str, str]:
         env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         if self._uses_ext_pot():
-            from autopipec_fw.inference.evaluator import driver_environment
+            from autopipec_fw.eon.extpot.evaluator import driver_environment
 
             env.update(driver_environment(**self._driver_options()))
         return env
@@ -362,19 +327,11 @@ class EonWrapper:
     def _start_evaluator(self) -> None:
         if not self._uses_ext_pot():
             return
-        from autopipec_fw.inference.evaluator import start_evaluator
+        from autopipec_fw.eon.extpot.evaluator import start_evaluator
 
-        o = self._driver_options()
         start_evaluator(
-            self.run_dir,
-            o["potential"],
-            o["active_set"],
-            gamma_max=o["gamma_max"],
-            gamma_select=o["gamma_select"],
-            stop_file=o["stop_file"],
-            candidates_dir=o["candidates_dir"],
-            calls_file=o["calls_file"],
-            max_selected=o["max_selected"],
+            self.run_dir, self.generation_yaml, self.generation_asi, calls_file=self.run_dir / DRIVER_CALLS,
+            **self.policy.driver_options(),
         )
         self._evaluator_started = True
 
@@ -389,7 +346,7 @@ class EonWrapper:
 
     def _stop_evaluator(self) -> None:
         if self._evaluator_started:
-            from autopipec_fw.inference.evaluator import stop_evaluator
+            from autopipec_fw.eon.extpot.evaluator import stop_evaluator
 
             stop_evaluator(self.run_dir)
             self._evaluator_started = False
@@ -505,6 +462,20 @@ class EonWrapper:
         rounds = limit.rounds(self.run_dir) if self.continuous else counter[0]
         return self._finish(status, stop, message, t0, steps_before, rounds)
 
+    @staticmethod
+    def summary(run_dir: Path, status: Status, message: str = "nothing left to do") -> AkmcResult:
+        """The folder's figures as a result, without running anything."""
+        run_dir = Path(run_dir)
+        state = RunState.load(run_dir)
+        report = build_report(run_dir, state, status)
+        return AkmcResult(
+            status=status, kmc_steps=report["kmc_steps"], simulated_time=report["simulated_time"],
+            states_visited=len(report["states_visited"]), processes=len(report["processes"]),
+            force_calls=int(report["force_calls"]["total"]), stops=[], candidates=[],
+            max_gamma=report["force_calls"]["max_gamma"], report_path=write_report(run_dir, report),
+            message=message,
+        )
+
     def _max_rounds_message(self) -> str:
         return (f"max_rounds ({self.akmc.max_rounds}) reached with {self.kmc_steps_done()} of "
                 f"{self.akmc.kmc_steps} KMC steps")
@@ -570,7 +541,7 @@ class EonWrapper:
             rounds=rounds,
         )
         with contextlib.suppress(OSError):
-            atomic_write_text(self.run_dir / "result.json", json.dumps(result.to_dict(), indent=1) + "\n")
+            atomic_write_text(self.run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=1) + "\n")
         log.info("aKMC %s: %s (%d KMC steps, %s)", self.run_dir, status, result.kmc_steps, message)
         return result
 
@@ -609,3 +580,209 @@ def run_akmc(
     ("failed", ``message`` says why). Bad input raises `EonRunError` naming the field.
     """
     return EonWrapper(run_dir, generation_yaml, generation_asi, akmc, gamma, options).run(atoms)
+
+
+# ------------------------------------------------------------------------------------------ a campaign's runs
+SEGMENTS_FILE = "segments.json"
+CAMPAIGN_REPORT = "report.json"
+
+
+@dataclass
+class Segment:
+    """One eOn run folder of a campaign, computed by one potential generation from start to end.
+
+    ``kmc_steps_before`` / ``time_before``: KMC steps and simulated time (s) of the earlier segments, carried over;
+    ``started_from``: where its starting configuration came from (``{"segment", "state", "file"}``; None for the
+    campaign's own starting structure)."""
+
+    index: int
+    run_dir: str
+    generation: str
+    kmc_steps_before: int = 0
+    time_before: float = 0.0
+    started_from: dict[str, Any] | None = None
+    created: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+class CampaignAkmc:
+    """The eOn aKMC of one campaign (``<campaign>/akmc/``): one eOn run folder ("segment") per potential.
+
+    eOn's tables belong to the potential that computed them (its saddle and reactant energies, hence barriers,
+    rates and the 0.01 eV repeat test). Resuming the same folder after a retrain would let the KMC draw from
+    processes of several generations at once. So a new generation starts a new segment, ``runs/NNNN``, from the
+    current configuration of the last one (its current state's reactant), with the KMC steps and simulated time
+    carried over: every rate a KMC step is drawn from comes from the generation that segment names. The same
+    generation again (a resume after a crash, or a stop whose labels did not change the potential) resumes the
+    segment in place. ``segments.json`` records the segments; ``report.json`` is the whole trajectory, each step
+    and each process tagged with its segment and generation.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+        self.file = self.root / SEGMENTS_FILE
+
+    # -------------------------------------------------------------------------------------- bookkeeping
+    def segments(self) -> list[Segment]:
+        if self.file.exists():
+            try:
+                data = json.loads(self.file.read_text())
+                return [Segment(**s) for s in data["segments"]]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise EonRunError(f"{self.file}: unreadable segment list ({e})") from None
+        # a folder from before segments existed: runs/0001 alone, resumed after every retrain
+        legacy = self.root / "runs" / "0001"
+        if (legacy / "pos.con").exists():
+            gens = RunState.load(legacy).generations
+            return [Segment(1, str(legacy), gens[-1] if gens else "", created="legacy")]
+        return []
+
+    def _save(self, segments: list[Segment]) -> None:
+        atomic_write_text(self.file, json.dumps({"segments": [asdict(s) for s in segments]}, indent=1) + "\n")
+
+    @property
+    def started(self) -> bool:
+        return bool(self.segments())
+
+    def current(self) -> Segment | None:
+        segs = self.segments()
+        return segs[-1] if segs else None
+
+    def run_dirs(self) -> list[Path]:
+        return [s.path for s in self.segments()]
+
+    @staticmethod
+    def _key(generation_yaml: Path | str, options: EonRunOptions | None) -> str:
+        key = str(Path(generation_yaml).absolute())
+        return key + "#emt" if options is not None and options.client_potential == "emt" else key
+
+    @staticmethod
+    def totals(seg: Segment) -> tuple[int, float]:
+        """KMC steps and simulated time at the end of ``seg`` (its own plus those carried over)."""
+        return (seg.kmc_steps_before + len(read_dynamics(seg.path)),
+                seg.time_before + float(read_info(seg.path)["time_simulated"]))
+
+    def _next_segment(self, prev: Segment, key: str) -> Segment:
+        steps, t = self.totals(prev)
+        state = int(read_info(prev.path)["current_state"])
+        start = states_dir(prev.path) / str(state) / "reactant.con"
+        if not start.is_file():  # no round finished yet: the segment's own starting structure
+            start = prev.path / "pos.con"
+        return Segment(
+            index=prev.index + 1, run_dir=str(self.root / "runs" / f"{prev.index + 1:04d}"), generation=key,
+            kmc_steps_before=steps, time_before=t,
+            started_from={"segment": prev.index, "state": state, "file": str(start)},
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+
+    # -------------------------------------------------------------------------------------- running
+    def run(
+        self,
+        atoms: Atoms | None,
+        generation_yaml: Path,
+        generation_asi: Path,
+        akmc: AkmcSettings,
+        gamma: GammaSettings,
+        *,
+        options: EonRunOptions | None = None,
+    ) -> AkmcResult:
+        """Run the campaign's aKMC with this generation until its KMC steps are done, a stop, or a failure.
+
+        ``atoms``: the campaign's starting structure (used only when no segment exists yet). A generation other
+        than the current segment's starts the next segment; the same one resumes it. The result's totals (KMC
+        steps, simulated time, force calls, states, processes) are the campaign's, over all segments."""
+        segs = self.segments()
+        key = self._key(generation_yaml, options)
+        if segs and self.totals(segs[-1])[0] >= akmc.kmc_steps:
+            return self._campaign_result(EonWrapper.summary(segs[-1].path, "completed"))
+        if not segs:
+            if atoms is None:
+                raise EonRunError(f"{self.root}: no eOn run yet; pass the starting structure")
+            segs = [Segment(1, str(self.root / "runs" / "0001"), key,
+                            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))]
+            self._save(segs)
+        elif segs[-1].generation != key:
+            if not segs[-1].generation:  # a legacy folder without a recorded generation: adopt it
+                segs[-1].generation = key
+            else:
+                segs.append(self._next_segment(segs[-1], key))
+                log.info("aKMC: new segment %s for %s (from %s; %d KMC steps, %.3g s carried over)",
+                         segs[-1].run_dir, key, segs[-1].started_from, segs[-1].kmc_steps_before,
+                         segs[-1].time_before)
+            self._save(segs)
+        seg = segs[-1]
+        start: Atoms | None = None
+        if not (seg.path / "pos.con").exists():
+            start = atoms if seg.started_from is None else read_con(Path(seg.started_from["file"]))
+        remaining = akmc.kmc_steps - seg.kmc_steps_before
+        seg_akmc = akmc.model_copy(update={"kmc_steps": max(remaining, 1)})
+        opts = options or EonRunOptions()
+        if opts.random_seed is None and seg.index > 1:  # another displacement sequence in each segment
+            opts = dataclasses.replace(opts, random_seed=akmc.seed + 1000 * (seg.index - 1))
+        result = EonWrapper(seg.path, generation_yaml, generation_asi, seg_akmc, gamma, opts).run(start)
+        return self._campaign_result(result)
+
+    def _campaign_result(self, result: AkmcResult) -> AkmcResult:
+        report = self.write_report()
+        result.kmc_steps = report["kmc_steps"]
+        result.simulated_time = report["simulated_time"]
+        result.states_visited = report["states_visited"]
+        result.processes = len(report["processes"])
+        result.force_calls = report["force_calls"]
+        result.report_path = self.root / CAMPAIGN_REPORT
+        return result
+
+    # -------------------------------------------------------------------------------------- reading
+    def trajectory(self) -> list[dict[str, Any]]:
+        """Every KMC step of the campaign: global ``step`` and ``time``, with its ``segment`` and ``generation``
+        (the potential whose rates it was drawn from)."""
+        out: list[dict[str, Any]] = []
+        for seg in self.segments():
+            for row in read_dynamics(seg.path):
+                out.append({**row, "step": seg.kmc_steps_before + int(row["step"]),
+                            "segment_step": int(row["step"]), "time": seg.time_before + float(row["time"]),
+                            "segment": seg.index, "generation": seg.generation})
+        return out
+
+    def processes(self) -> list[dict[str, Any]]:
+        out = []
+        for seg in self.segments():
+            for p in read_processes(seg.path):
+                out.append({**p.to_dict(), "segment": seg.index, "generation": seg.generation})
+        return out
+
+    def write_report(self) -> dict[str, Any]:
+        """``akmc/report.json``: the campaign's trajectory, processes, searches and force calls, per segment."""
+        segs = self.segments()
+        rows = []
+        force_calls = 0
+        visited = 0
+        for seg in segs:
+            rep_path = seg.path / REPORT_FILE
+            try:
+                rep = json.loads(rep_path.read_text())
+            except (OSError, ValueError):
+                rep = {}
+            steps, t = self.totals(seg)
+            n_visited = len(states_visited(read_dynamics(seg.path)))
+            visited += n_visited - (1 if seg.index > 1 else 0)  # a segment starts in the last one's state
+            fc = int((rep.get("force_calls") or {}).get("total") or 0)
+            force_calls += fc
+            rows.append({
+                "segment": seg.index, "run_dir": seg.run_dir, "generation": seg.generation,
+                "started_from": seg.started_from, "kmc_steps_before": seg.kmc_steps_before,
+                "kmc_steps": steps - seg.kmc_steps_before, "time_before": seg.time_before,
+                "simulated_time": t - seg.time_before, "states_visited": n_visited, "force_calls": fc,
+                "searches": search_statistics(seg.path), "status": rep.get("status"), "stops": rep.get("stops", []),
+            })
+        last = self.totals(segs[-1]) if segs else (0, 0.0)
+        report = {
+            "root": str(self.root), "kmc_steps": last[0], "simulated_time": last[1], "states_visited": visited,
+            "force_calls": force_calls, "segments": rows, "trajectory": self.trajectory(),
+            "processes": self.processes(),
+        }
+        atomic_write_text(self.root / CAMPAIGN_REPORT, json.dumps(report, indent=1, default=str) + "\n")
+        return report

@@ -1,7 +1,9 @@
-"""Stop semantics shared by every way the ACE potential is evaluated during aKMC.
+"""The one stop rule: what happens after every force call of the ACE potential during aKMC.
 
-`pace_driver.py` (eOn's ext_pot program, directly or through the persistent evaluator) and the in-process eOn
-client both decide with one `StopPolicy` what happens after a force call:
+Every route evaluates the potential through one `StopPolicy`, built from the campaign's `GammaSettings` by
+`StopPolicy.from_settings`: the in-process eOn client (its settings file carries `StopPolicy.to_dict`) and
+`pace_driver.py` (eOn's ext_pot program, directly or through the persistent evaluator: `StopPolicy.driver_options`
+are its options). So an ext_pot run, an external eOn and the in-process client stop on the same structures.
 
 - max per-atom gamma > ``threshold``: the structure is written to ``candidates_dir`` as a candidate
   (``reason="stop"``), one line is appended to ``stop_file``, and ``record`` returns True (the caller must then
@@ -41,6 +43,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ase import Atoms
+
+    from autopipec_fw.config import GammaSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,42 @@ class StopPolicy:
     max_selected: int | None = None
     min_distance_factor: float | None = None
     skipped_unphysical: int = field(default=0, init=False)
+
+    @classmethod
+    def from_settings(
+        cls, gamma: GammaSettings, *, stop_file: Path | str | None, candidates_dir: Path | str | None
+    ) -> StopPolicy:
+        """The campaign's stop rule (``gamma`` section) writing to this stop file and candidates folder."""
+        return cls(
+            threshold=gamma.threshold,
+            select_lower=gamma.select_lower,
+            stop_file=stop_file,
+            candidates_dir=candidates_dir,
+            max_selected=gamma.max_selected,
+            min_distance_factor=gamma.min_distance_factor or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (`StopPolicy(**d)` rebuilds it): what our eOn client's settings file carries."""
+        return {
+            "threshold": self.threshold,
+            "select_lower": self.select_lower,
+            "stop_file": str(self.stop_file) if self.stop_file is not None else None,
+            "candidates_dir": str(self.candidates_dir) if self.candidates_dir is not None else None,
+            "max_selected": self.max_selected,
+            "min_distance_factor": self.min_distance_factor,
+        }
+
+    def driver_options(self) -> dict[str, Any]:
+        """The same rule as ``pace_driver.py`` options (python names, as `write_driver_wrapper` takes them)."""
+        return {
+            "gamma_max": self.threshold,
+            "gamma_select": self.select_lower,
+            "max_selected": self.max_selected,
+            "min_distance_factor": self.min_distance_factor,
+            "stop_file": self.stop_file,
+            "candidates_dir": self.candidates_dir,
+        }
 
     def __post_init__(self) -> None:
         if not (

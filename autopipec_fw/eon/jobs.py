@@ -2,8 +2,8 @@
 
 The server runs in a session of its own; the local communicator starts every client in yet another session
 (``start_new_session``), so a process-group kill of the server alone would leave the clients running.
-`kill_eon_tree` therefore freezes the server (SIGSTOP: it cannot start new clients), collects every descendant
-from ``/proc``, kills their process groups and the processes themselves, then the server. `stray_clients` finds
+`kill_eon_tree` therefore freezes the server (SIGSTOP: it cannot start new clients), kills every descendant with
+its process group, then the server (`autopipec_fw.processes.kill_tree`). `stray_clients` finds
 clients left behind by a server that died without us (kill -9 from outside): processes whose working directory
 is inside the run folder's ``jobs/`` tree.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,67 +21,10 @@ from typing import Any
 
 from custodian.custodian import Job
 
-from autopipec_fw.processes import pid_alive as _alive
+from autopipec_fw import processes
+from autopipec_fw.eon.state import SERVER_LOG
 
 log = logging.getLogger(__name__)
-
-SERVER_LOG = "eon_server.log"
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-def _ppid_map() -> dict[int, int]:
-    out: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ')'
-        rest = stat[stat.rfind(")") + 2 :].split()
-        try:
-            out[int(d)] = int(rest[1])
-        except (IndexError, ValueError):
-            continue
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """All living descendants of ``pid`` (children first), from /proc."""
-    ppids = _ppid_map()
-    children: dict[int, list[int]] = {}
-    for c, p in ppids.items():
-        children.setdefault(p, []).append(c)
-    out: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        c = todo.pop(0)
-        if c in out:
-            continue
-        out.append(c)
-        todo.extend(children.get(c, []))
-    return out
-
-
-def _kill_group_and_pid(pid: int) -> None:
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    if pgid > 1 and pgid != os.getpgid(0):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
 
 def kill_eon_tree(proc: subprocess.Popen[Any] | int, timeout: float = 10.0) -> list[int]:
     """Kill an eOn server and every process it started (clients in their own sessions, their drivers).
@@ -90,62 +32,29 @@ def kill_eon_tree(proc: subprocess.Popen[Any] | int, timeout: float = 10.0) -> l
     Returns the pids that were killed. Waits until they are gone (reaps the server if it is our child).
     """
     pid = proc if isinstance(proc, int) else proc.pid
-    killed: list[int] = []
-    try:
-        os.kill(pid, signal.SIGSTOP)  # no new clients from here on
-    except ProcessLookupError:
-        pass
-    # two passes: a client may have been forking while we scanned
-    for _ in range(2):
-        for c in descendants(pid):
-            _kill_group_and_pid(c)
-            if c not in killed:
-                killed.append(c)
-    _kill_group_and_pid(pid)
-    killed.append(pid)
+    killed = processes.kill_tree(pid)
     if isinstance(proc, subprocess.Popen):
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             log.error("eOn server %d did not die within %.0f s", pid, timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in killed):
-        time.sleep(0.05)
-    left = [p for p in killed if _alive(p)]
+    left = processes.wait_gone(killed, timeout)
     if left:
         log.error("processes still alive after SIGKILL: %s", left)
     return killed
 
 
-def _cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
 def stray_clients(run_dir: Path) -> list[int]:
-    """Processes working inside ``run_dir/jobs`` (eOn clients) that are not children of a living server here."""
-    jobs = (Path(run_dir) / "jobs").resolve()
-    me = os.getpid()
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == me:
-            continue
-        cwd = _cwd(int(d))
-        if cwd is not None and (cwd == jobs or jobs in cwd.parents) and _alive(int(d)):
-            out.append(int(d))
-    return out
+    """Processes working inside ``run_dir/jobs`` (eOn clients and their drivers), e.g. left by a dead server."""
+    return processes.working_in(Path(run_dir) / "jobs")
 
 
 def kill_stray_clients(run_dir: Path) -> list[int]:
     """Kill clients (and their process groups) left behind in ``run_dir/jobs`` by a server that died."""
     pids = stray_clients(run_dir)
     for p in pids:
-        _kill_group_and_pid(p)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
+        processes.kill_group_and_pid(p)
+    processes.wait_gone(pids, 10)
     if pids:
         log.warning("killed %d eOn client process(es) left in %s: %s", len(pids), run_dir, pids)
     return pids

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from autopipec_fw.inference.extrapolation import StopPolicy, read_candidates, read_stop_file
+from autopipec_fw.gamma import StopPolicy, read_candidates, read_stop_file
 
 
 def _cell(seed: int = 0):

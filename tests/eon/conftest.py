@@ -13,8 +13,8 @@ import pytest
 from ase import Atoms
 from ase.build import add_adsorbate, bulk, fcc100
 
-from autopipec_fw.inference import pace_driver
-from autopipec_fw.inference.evaluator import start_evaluator, stop_evaluator, write_driver_wrapper
+from autopipec_fw.eon.extpot import pace_driver
+from autopipec_fw.eon.extpot.evaluator import start_evaluator, stop_evaluator, write_driver_wrapper
 
 
 def eon_input_text(atoms: Atoms) -> str:
@@ -111,7 +111,7 @@ def daemon(tmp_path_factory, cu_surface_potential) -> Daemon:
 
 
 def pace_driver_alive(pid: int) -> bool:
-    from autopipec_fw.inference.evaluator import _pid_alive
+    from autopipec_fw.processes import pid_alive as _pid_alive
 
     return _pid_alive(pid)
 

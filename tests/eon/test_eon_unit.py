@@ -19,9 +19,7 @@ import pytest
 from ase.io import read
 
 from autopipec_fw.config import EonSettings, GammaSettings
-from autopipec_fw.inference.extrapolation import StopPolicy
-from autopipec_fw.physics.dynamics.client import ClientSettings, run_job
-from autopipec_fw.physics.dynamics.eon import (
+from autopipec_fw.eon.akmc import (
     CANDIDATES_DIR,
     STOP_FILE,
     EonRunError,
@@ -29,15 +27,18 @@ from autopipec_fw.physics.dynamics.eon import (
     EonWrapper,
     next_run_dir,
 )
-from autopipec_fw.physics.dynamics.handlers import (
+from autopipec_fw.eon.client.search import ClientSettings, run_job
+from autopipec_fw.eon.handlers import (
     ClientFailureHandler,
     ExtrapolationHandler,
     RoundLimitHandler,
     StaleLockHandler,
     lock_is_stale,
 )
-from autopipec_fw.physics.dynamics.jobs import kill_eon_tree
-from autopipec_fw.physics.dynamics.report import RunState, build_report
+from autopipec_fw.eon.jobs import kill_eon_tree
+from autopipec_fw.eon.report import build_report
+from autopipec_fw.eon.state import RunState
+from autopipec_fw.gamma import StopPolicy
 from tests.fixtures.eon import processes_in, quick_akmc
 
 EMT = EonRunOptions(client_potential="emt")
@@ -402,7 +403,7 @@ def _emt_job(tmp_path: Path, demo_atoms) -> Path:
 @pytest.mark.parametrize("with_worker", [False, True])
 def test_client_script_with_and_without_worker(tmp_path, demo_atoms, with_worker):
     """The executable eOn starts: runs the job itself, or hands it to the warm worker; same answer."""
-    from autopipec_fw.physics.dynamics.client import start_worker, stop_worker, write_client_script
+    from autopipec_fw.eon.client.worker import start_worker, stop_worker, write_client_script
 
     run = tmp_path / "run"
     _wrapper(run).setup(demo_atoms)

@@ -8,7 +8,7 @@ settings file (`ClientSettings`, JSON) that says which potential to evaluate:
 
 - ``potential = "ace"``: the ACE potential (B-basis ``.yaml`` + active set ``.asi``) in-process through
   ``pyeonclient.make_potential_from_ase``: no process per force call. Every force call goes through the shared
-  `autopipec_fw.inference.extrapolation.StopPolicy`: above the threshold the structure is recorded as a
+  `autopipec_fw.gamma.StopPolicy` (the campaign's one stop rule, carried in the settings file): above the threshold the structure is recorded as a
   candidate, a line is appended to the stop file, the force call fails and the job exits with `EXIT_STOP` (100);
   the supervisor sees the stop file and stops eOn.
 - ``potential = "emt"``: ASE's EMT in-process (tests and benchmarks).
@@ -22,15 +22,14 @@ barrier checks; prefactors) and writes the same ``results.dat`` / ``reactant.con
 ``product.con`` / ``mode.dat``. ``minimization``, ``point`` and ``saddle_search`` (server-side searches) are
 handled too.
 
-Every job appends one JSON line to ``<run_dir>/client_calls.jsonl`` (job, type, force calls counted by our
-calculator, seconds spent in the potential and in the job, exit code): the report sums these.
+The worker (`autopipec_fw.eon.client.worker`) runs these jobs in forks of one warm process; every job appends one
+JSON line to ``<run_dir>/client_calls.jsonl`` (job, type, force calls counted by our calculator, seconds spent in
+the potential and in the job, exit code): the report sums these.
 """
 
 from __future__ import annotations
 
-import argparse
 import configparser
-import contextlib
 import json
 import logging
 import os
@@ -40,15 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autopipec_fw.processes import pid_alive as _pid_alive
+from autopipec_fw.eon.extpot.protocol import EXIT_STOP
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_STOP = 100
 SETTINGS_ENV = "AUTOPIPEC_EON_CLIENT_SETTINGS"
-CALLS_LOG = "client_calls.jsonl"
 
 # MinModeSaddleSearch status codes (eOn's enum; pyeonclient.SaddleStatus)
 STATUS_GOOD = 0
@@ -72,12 +69,7 @@ class ClientSettings:
     potential: str = "ace"  # "ace" | "emt" | "config"
     potential_yaml: str | None = None
     active_set: str | None = None
-    gamma_threshold: float = 5.0
-    gamma_select_lower: float | None = None
-    max_selected: int | None = None
-    stop_file: str | None = None
-    candidates_dir: str | None = None
-    min_distance_factor: float | None = None
+    policy: dict[str, Any] | None = None  # `StopPolicy.to_dict()`: the campaign's one stop rule
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -99,8 +91,8 @@ class ClientSettings:
         s = cls(**data)
         if s.potential not in ("ace", "emt", "config"):
             raise ValueError(f"{path}: potential must be 'ace', 'emt' or 'config', got {s.potential!r}")
-        if s.potential == "ace" and not (s.potential_yaml and s.active_set):
-            raise ValueError(f"{path}: potential 'ace' needs potential_yaml and active_set")
+        if s.potential == "ace" and not (s.potential_yaml and s.active_set and s.policy):
+            raise ValueError(f"{path}: potential 'ace' needs potential_yaml, active_set and policy")
         return s
 
 
@@ -142,16 +134,9 @@ def make_calculator(settings: ClientSettings, stats: CallStats) -> Any:
 
     from pyace import PyACECalculator
 
-    from autopipec_fw.inference.extrapolation import StopPolicy
+    from autopipec_fw.gamma import StopPolicy
 
-    policy = StopPolicy(
-        threshold=settings.gamma_threshold,
-        select_lower=settings.gamma_select_lower,
-        stop_file=settings.stop_file,
-        candidates_dir=settings.candidates_dir,
-        max_selected=settings.max_selected,
-        min_distance_factor=settings.min_distance_factor,
-    )
+    policy = StopPolicy(**(settings.policy or {}))
 
     class GuardedACE(PyACECalculator):  # type: ignore[misc]
         """PyACECalculator whose every evaluation goes through the StopPolicy."""
@@ -530,366 +515,3 @@ def run_job(settings: ClientSettings | None, workdir: Path) -> tuple[int, CallSt
     if stats.stopped:
         return EXIT_STOP, stats, job
     return EXIT_OK, stats, job
-
-
-def _append_calls(run_dir: str | None, rec: dict[str, Any]) -> None:
-    if not run_dir:
-        return
-    p = Path(run_dir) / CALLS_LOG
-    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(rec) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-_THIN_CLIENT = """\
-import json, os, socket, sys, time
-t0 = time.time()
-PY = {py!r}
-SETTINGS = {settings!r}
-SOCK = {sock!r}
-def fallback():
-    os.execv(PY, [PY, "-m", "autopipec_fw.physics.dynamics.client", "--settings", SETTINGS, "--t0", repr(t0)])
-try:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(SOCK)
-except OSError:
-    fallback()
-req = json.dumps({{"workdir": os.getcwd(), "pid": os.getpid(), "t0": t0}}).encode()
-try:
-    socket.send_fds(s, [req], [0, 1, 2])
-except OSError:
-    fallback()
-data = b""
-while True:
-    chunk = s.recv(64)
-    if not chunk:
-        break
-    data += chunk
-try:
-    code = int(data.decode().strip())
-except ValueError:
-    sys.stderr.write("eOn client: the worker ended without an answer\\n")
-    code = 1
-sys.exit(code)
-"""
-
-
-def write_client_script(dest: Path, settings_path: Path, python: str | None = None) -> Path:
-    """The executable for eOn's ``client_path``: a stdlib-only script (``python -IS``) that hands the job to
-    the run's worker, or runs it itself (this venv's Python) when no worker listens."""
-    dest = Path(dest).absolute()
-    py = python or sys.executable
-    settings_path = Path(settings_path).absolute()
-    run_dir = ClientSettings.read(settings_path).run_dir
-    body = _THIN_CLIENT.format(py=py, settings=str(settings_path), sock=worker_socket_path(run_dir))
-    text = f"#!{py} -IS\n# generated by autopipec_fw.physics.dynamics.client: eOn client\n" + body
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    os.replace(tmp, dest)
-    return dest
-
-
-def _run_and_log(settings: ClientSettings | None, workdir: Path, t_start: float) -> int:
-    """Run one job and append its line to the run's calls log; returns the exit code."""
-    code = EXIT_ERROR
-    stats = CallStats()
-    job = "?"
-    t_job = time.time()
-    try:
-        code, stats, job = run_job(settings, workdir)
-    except Exception as e:  # noqa: BLE001 - a client reports any failure by its exit code and stderr
-        print(f"eOn client: {type(e).__name__}: {e}", file=sys.stderr)
-        code = EXIT_ERROR
-    t_end = time.time()
-    if code == EXIT_STOP:
-        print("eOn client: extrapolation stop (gamma above threshold); exit 100", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _append_calls(
-        settings.run_dir if settings else None,
-        {
-            "job": workdir.name,
-            "job_type": job,
-            "pid": os.getpid(),
-            "exit": code,
-            "force_calls": stats.force_calls,
-            "eon_force_calls": stats.eon_force_calls,
-            "potential_seconds": round(stats.potential_seconds, 6),
-            "job_seconds": round(t_end - t_job, 6),
-            "startup_seconds": round(t_job - t_start, 6),
-            "max_gamma": stats.max_gamma,
-            "time": t_end,
-        },
-    )
-    return code
-
-
-# ----------------------------------------------------------------------------------------------- worker
-#
-# Each eOn job is a fresh process; importing pyeonclient + pyace + ASE costs about a second of every search.
-# The worker imports them once: the client eOn starts is then a stdlib-only script that hands its job folder
-# and its stdout/stderr to the worker over a Unix socket; the worker forks a child that runs the job (a copy of
-# the warm interpreter) and sends its exit code back. When the script dies (the supervisor killed eOn), the
-# worker kills that child. Without a worker the script runs the job itself.
-
-WORKER_SOCKET = "eon_worker.sock"
-WORKER_PID = "eon_worker.pid"
-
-
-def worker_socket_path(run_dir: Path | str) -> str:
-    """``<run_dir>/eon_worker.sock``, or a short path in the temp dir when that is too long for AF_UNIX."""
-    p = os.path.join(os.path.abspath(run_dir), WORKER_SOCKET)
-    if len(p.encode()) <= 100:
-        return p
-    import hashlib
-
-    h = hashlib.sha256(os.path.abspath(run_dir).encode()).hexdigest()[:24]
-    base = os.environ.get("TMPDIR") or "/tmp"
-    return os.path.join(base, f"autopipec-{os.getuid()}", h + ".eonw.sock")
-
-
-def _preload(settings: ClientSettings) -> None:
-    import numpy  # noqa: F401
-    import pyeonclient  # noqa: F401
-    from ase.calculators.calculator import Calculator  # noqa: F401
-
-    if settings.potential == "ace":
-        from pyace import PyACECalculator
-
-        PyACECalculator(settings.potential_yaml).set_active_set(settings.active_set)
-    elif settings.potential == "emt":
-        from ase.calculators.emt import EMT  # noqa: F401
-
-
-def serve(settings_path: Path, watch_pid: int | None = None, idle_timeout: float = 3600.0) -> int:
-    """Run the worker for the run folder of ``settings_path`` until SIGTERM, ``watch_pid`` ends, or idle."""
-    import selectors
-    import signal
-    import socket
-
-    global _PARENT
-    settings = ClientSettings.read(settings_path)
-    _preload(settings)
-    sock_path = worker_socket_path(settings.run_dir)
-    Path(sock_path).parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sock_path)
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(sock_path)
-    srv.listen(64)
-    srv.setblocking(False)
-    pid_file = Path(settings.run_dir) / WORKER_PID
-    pid_file.write_text(json.dumps({"pid": os.getpid(), "socket": sock_path}) + "\n")
-    stopping = False
-
-    def _term(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGINT, _term)
-    sel = selectors.DefaultSelector()
-    sel.register(srv, selectors.EVENT_READ, None)
-    children: dict[int, socket.socket] = {}
-    last = time.monotonic()
-    log.info("eOn worker %d serving %s", os.getpid(), sock_path)
-    try:
-        while not stopping:
-            for key, _ in sel.select(timeout=0.05):
-                if key.data is None:
-                    try:
-                        conn, _ = srv.accept()
-                    except BlockingIOError:
-                        continue
-                    conn.setblocking(True)
-                    try:
-                        msg, fds, _, _ = socket.recv_fds(conn, 65536, 3)
-                        req = json.loads(msg.decode())
-                    except (OSError, ValueError):
-                        conn.close()
-                        continue
-                    pid = os.fork()
-                    if pid == 0:  # the job
-                        code = EXIT_ERROR
-                        try:
-                            sel.close()
-                            srv.close()
-                            conn.close()
-                            for i, fd in enumerate(fds[:3]):
-                                os.dup2(fd, i)
-                                os.close(fd)
-                            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                            signal.signal(signal.SIGINT, signal.SIG_DFL)
-                            _PARENT = os.getppid()
-                            code = _run_and_log(
-                                settings, Path(req["workdir"]), float(req.get("t0", time.time()))
-                            )
-                        finally:
-                            os._exit(code)
-                    for fd in fds:
-                        os.close(fd)
-                    children[pid] = conn
-                    sel.register(conn, selectors.EVENT_READ, pid)
-                    last = time.monotonic()
-                else:  # the client script closed its end: it was killed, so its job goes too
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
-                    sel.unregister(conn)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(key.data, signal.SIGKILL)
-            while children:
-                try:
-                    cpid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if cpid == 0:
-                    break
-                conn = children.pop(cpid, None)
-                if conn is None:
-                    continue
-                code = os.waitstatus_to_exitcode(status)
-                with contextlib.suppress(KeyError, ValueError):
-                    sel.unregister(conn)
-                with contextlib.suppress(OSError):
-                    conn.sendall(str(code if code >= 0 else EXIT_ERROR).encode())
-                conn.close()
-                last = time.monotonic()
-            if watch_pid is not None and not _pid_alive(watch_pid):
-                log.info("eOn worker: supervisor %d is gone, exiting", watch_pid)
-                break
-            if not children and time.monotonic() - last > idle_timeout:
-                log.info("eOn worker: idle for %.0f s, exiting", idle_timeout)
-                break
-    finally:
-        for cpid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(cpid, signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sock_path)
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
-    return 0
-
-
-def start_worker(settings_path: Path, timeout: float = 120.0) -> Any:
-    """Start the worker for this run (own session, cwd the run folder) and wait until it listens."""
-    import subprocess
-
-    settings = ClientSettings.read(settings_path)
-    run_dir = Path(settings.run_dir)
-    stop_worker(run_dir)
-    with open(run_dir / "eon_worker.log", "a") as logf:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                __name__,
-                "--serve",
-                "--settings",
-                str(settings_path),
-                "--watch-pid",
-                str(os.getpid()),
-            ],
-            cwd=run_dir,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    sock = worker_socket_path(run_dir)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            try:
-                tail = (run_dir / "eon_worker.log").read_text().strip().splitlines()[-3:]
-            except OSError:
-                tail = []
-            raise RuntimeError(
-                f"eOn worker exited with {proc.returncode} ({run_dir / 'eon_worker.log'}): "
-                + " | ".join(tail)
-            )
-        if os.path.exists(sock) and (run_dir / WORKER_PID).exists():
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"eOn worker did not come up within {timeout:.0f} s; see {run_dir / 'eon_worker.log'}")
-
-
-def stop_worker(run_dir: Path | str, proc: Any = None, timeout: float = 10.0) -> bool:
-    """Stop the worker of ``run_dir`` (SIGTERM, then SIGKILL) and its running jobs; True if one was running."""
-    import signal
-
-    run_dir = Path(run_dir)
-    pf = run_dir / WORKER_PID
-    pid = proc.pid if proc is not None else None
-    if pid is None:
-        try:
-            pid = int(json.loads(pf.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pid = None
-    if pid is None or not _pid_alive(pid):
-        with contextlib.suppress(FileNotFoundError):
-            pf.unlink()
-        return False
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        cmd = ""
-    if "--serve" not in cmd:  # the pid was reused by something else: not ours
-        with contextlib.suppress(FileNotFoundError):
-            pf.unlink()
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
-        if proc is not None:
-            proc.poll()
-        time.sleep(0.05)
-    if _pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    if proc is not None:
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5)
-    return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="autopipec eOn client", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--settings", type=Path, default=None, help=f"client settings JSON (default: ${SETTINGS_ENV})"
-    )
-    p.add_argument("--workdir", type=Path, default=Path.cwd(), help="job folder (default: the current one)")
-    p.add_argument(
-        "--t0", type=float, default=None, help="process start (time.time()) for the start-up figure"
-    )
-    p.add_argument(
-        "--serve", action="store_true", help="run the persistent worker for the settings' run folder"
-    )
-    p.add_argument("--watch-pid", type=int, default=None, help="worker: exit when this process ends")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    t_start = args.t0 if args.t0 is not None else time.time()
-    settings_path = args.settings or (
-        Path(os.environ[SETTINGS_ENV]) if os.environ.get(SETTINGS_ENV) else None
-    )
-    settings: ClientSettings | None = None
-    try:
-        if settings_path is not None:
-            settings = ClientSettings.read(settings_path)
-    except ValueError as e:
-        print(f"eOn client: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.serve:
-        if settings_path is None:
-            print("eOn client: --serve needs --settings", file=sys.stderr)
-            return EXIT_ERROR
-        return serve(settings_path, args.watch_pid)
-    return _run_and_log(settings, args.workdir.resolve(), t_start)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

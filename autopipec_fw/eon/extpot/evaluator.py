@@ -14,7 +14,7 @@ Public API for other stages:
 - `driver_environment(...) -> dict[str, str]` (the same options as environment variables)
 - `evaluator_stats(run_dir)`, `read_calls_file(path) -> (force calls, max gamma)`
 
-``python -m autopipec_fw.inference.evaluator --run-dir D --potential P.yaml [--active-set P.asi] ...`` runs the
+``python -m autopipec_fw.eon.extpot.evaluator --run-dir D --potential P.yaml [--active-set P.asi] ...`` runs the
 evaluator in the foreground (what `start_evaluator` launches); ``--detach`` starts it in the background and prints
 its PID; ``--run-dir D --stop`` stops it.
 """
@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autopipec_fw.inference import pace_driver as _pd
-from autopipec_fw.inference.extrapolation import StopPolicy, max_gamma_of
+from autopipec_fw.eon.extpot import pace_driver as _driver
+from autopipec_fw.eon.extpot import protocol as _pd
+from autopipec_fw.gamma import StopPolicy, max_gamma_of
 from autopipec_fw.processes import pid_alive as _pid_alive
 
 if TYPE_CHECKING:
@@ -55,10 +56,10 @@ OUTPUT_NAME = _pd.OUTPUT_NAME
 SOCKET_NAME = _pd.SOCKET_NAME
 PID_NAME = "pace_evaluator.pid"
 LOG_NAME = "pace_evaluator.log"
-DEFAULT_STOP_NAME = "pace_stop"
-DEFAULT_CANDIDATES_NAME = "pace_candidates"
+DEFAULT_STOP_NAME = _pd.STOP_NAME
+DEFAULT_CANDIDATES_NAME = _pd.CANDIDATES_NAME
 DEFAULT_GAMMA_MAX = 5.0
-_MODULE = "autopipec_fw.inference.evaluator"
+_MODULE = "autopipec_fw.eon.extpot.evaluator"
 _RAW_COMPUTE = True  # False: go through PyACECalculator.calculate (slower, same numbers)
 
 
@@ -85,11 +86,13 @@ class DriverOptions:
     stop_file: Path | None = None
     candidates_dir: Path | None = None
     calls_file: Path | None = None
+    min_distance_factor: float | None = None
 
     @functools.cache  # noqa: B019 - options are few and immutable; the policy is reused call after call
     def policy(self) -> StopPolicy:
         return StopPolicy(
-            self.gamma_max, self.gamma_select, self.stop_file, self.candidates_dir, self.max_selected
+            self.gamma_max, self.gamma_select, self.stop_file, self.candidates_dir, self.max_selected,
+            self.min_distance_factor,
         )
 
 
@@ -142,6 +145,9 @@ def resolve_options(raw: dict[str, str], workdir: Path | str) -> DriverOptions:
     stop_file = Path(raw["stop-file"]) if raw.get("stop-file") else base / DEFAULT_STOP_NAME
     cands = Path(raw["candidates-dir"]) if raw.get("candidates-dir") else base / DEFAULT_CANDIDATES_NAME
     calls = Path(raw["calls-file"]) if raw.get("calls-file") else None
+    mdf = _float_opt(raw, "min-distance-factor", None)
+    if mdf is not None and mdf >= 1:
+        raise DriverError(_pd.EXIT_INPUT, f"{_opt_label('min-distance-factor')}: expected a number below 1, got {mdf}")
     return DriverOptions(
         potential=potential,
         active_set=asi,
@@ -151,6 +157,7 @@ def resolve_options(raw: dict[str, str], workdir: Path | str) -> DriverOptions:
         stop_file=stop_file,
         candidates_dir=cands,
         calls_file=calls,
+        min_distance_factor=mdf or None,
     )
 
 
@@ -434,29 +441,6 @@ def _append_line(path: Path, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-
-
-def read_calls_file(path: Path | str) -> tuple[int, float | None]:
-    """(force calls, largest max-gamma) from a ``--calls-file`` (one line per evaluated call); (0, None) if absent.
-
-    A NaN gamma counts as the largest. Lines that are not numbers (a torn write) are counted, not compared.
-    """
-    p = Path(path)
-    if not p.exists():
-        return 0, None
-    n = 0
-    best: float | None = None
-    for line in p.read_text().splitlines():
-        if not line.strip():
-            continue
-        n += 1
-        try:
-            g = float(line)
-        except ValueError:
-            continue
-        if best is None or math.isnan(g) or (not math.isnan(best) and g > best):
-            best = g
-    return n, best
 
 
 @functools.lru_cache(maxsize=64)
@@ -745,6 +729,7 @@ def start_evaluator(
     candidates_dir: Path | str | None = None,
     calls_file: Path | str | None = None,
     max_selected: int | None = None,
+    min_distance_factor: float | None = None,
     python: str | None = None,
     idle_timeout: float | None = 3600.0,
     watch_pid: int | None = -1,
@@ -774,6 +759,8 @@ def start_evaluator(
         args += ["--gamma-select", repr(float(gamma_select))]
     if max_selected is not None:
         args += ["--max-selected", str(int(max_selected))]
+    if min_distance_factor:
+        args += ["--min-distance-factor", repr(float(min_distance_factor))]
     if idle_timeout:
         args += ["--idle-timeout", repr(float(idle_timeout))]
     if watch_pid == -1:
@@ -783,7 +770,7 @@ def start_evaluator(
     log_file = run_dir / LOG_NAME
     py = python or sys.executable
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_file, "ab") as lf:
         proc = subprocess.Popen(
@@ -897,7 +884,7 @@ def driver_path() -> Path:
     re-executes with ``PACE_DRIVER_PYTHON`` or the project's ``.venv/bin/python``. For eOn, prefer
     `write_driver_wrapper`, which pins this interpreter and starts faster.
     """
-    p = Path(_pd.__file__).resolve()
+    p = Path(_driver.__file__).resolve()
     mode = p.stat().st_mode
     want = mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
     if mode != want:
@@ -937,9 +924,9 @@ def write_driver_wrapper(dest: Path | str, *, python: str | None = None, **optio
     args: list[str] = []
     for name, v in _option_items(**options):
         args += [f"--{name}", v]
-    inf_dir = str(Path(_pd.__file__).resolve().parent)
+    inf_dir = str(Path(_driver.__file__).resolve().parent)
     body = (
-        "# generated by autopipec_fw.inference.evaluator.write_driver_wrapper: the eOn ext_pot driver\n"
+        "# generated by autopipec_fw.eon.extpot.evaluator.write_driver_wrapper: the eOn ext_pot driver\n"
         "import sys\n"
         f"sys.path.insert(0, {inf_dir!r})\n"
         "from pace_driver import main\n"
@@ -996,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
                 candidates_dir=a.candidates_dir,
                 calls_file=a.calls_file,
                 max_selected=int(a.max_selected) if a.max_selected else None,
+                min_distance_factor=float(a.min_distance_factor) if a.min_distance_factor else None,
                 idle_timeout=a.idle_timeout if a.idle_timeout is not None else 3600.0,
                 watch_pid=a.watch_pid,
             )
