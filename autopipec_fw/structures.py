@@ -113,6 +113,23 @@ def read_structure_file(path: Path) -> Atoms:
     return atoms
 
 
+DEFAULT_FIXED_FAR_ATOMS = 4
+
+
+def fix_far_from(atoms: Atoms, site: Sequence[float], n: int) -> list[int]:
+    """Hold the ``n`` atoms farthest (minimum image) from ``site`` fixed (FixAtoms); returns their indices."""
+    from ase.geometry import find_mic
+
+    if n <= 0:
+        return []
+    if n >= len(atoms):
+        raise StructureError(f"structure.fixed_far_atoms: {n} would fix all {len(atoms)} atoms")
+    _, dist = find_mic(atoms.positions - np.asarray(site, dtype=float), atoms.cell, atoms.pbc)
+    far = sorted(int(i) for i in np.argsort(-dist, kind="stable")[:n])
+    atoms.set_constraint(FixAtoms(indices=far))
+    return far
+
+
 def build_structure(s: StructureSettings) -> Atoms:
     """The aKMC starting configuration described by `s`."""
     if s.kind == "adatom_on_slab":
@@ -120,7 +137,10 @@ def build_structure(s: StructureSettings) -> Atoms:
     if s.kind == "vacancy_in_bulk":
         a = lattice_constant(s.element, s.lattice, s.a)
         atoms = bulk(s.element, s.lattice, a=a, cubic=True).repeat(tuple(s.size))
+        site = atoms.positions[0].copy()
         del atoms[0]
+        atoms.info["defect_site"] = site.tolist()
+        fix_far_from(atoms, site, DEFAULT_FIXED_FAR_ATOMS if s.fixed_far_atoms is None else s.fixed_far_atoms)
         return atoms
     assert s.file is not None  # guaranteed by StructureSettings
     return read_structure_file(s.file)

@@ -750,7 +750,7 @@ class CampaignAkmc:
     def processes(self) -> list[dict[str, Any]]:
         out = []
         for seg in self.segments():
-            for p in read_processes(seg.path):
+            for p in read_processes(seg.path) if seg.path.is_dir() else []:
                 out.append({**p.to_dict(), "segment": seg.index, "generation": seg.generation})
         return out
 

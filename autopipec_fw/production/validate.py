@@ -35,6 +35,7 @@ from ase import Atoms
 
 from autopipec_fw.config import Campaign, OracleSettings
 from autopipec_fw.eon.io import ProcessRecord, read_con, read_processes, run_temperature
+from autopipec_fw.production.kinetics import group_processes
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class BarrierRow:
     method: str
     converged: bool
     note: str = ""  # e.g. endpoints that relax into one minimum: the process does not exist there
+    name: str = ""  # e.g. "adatom hop" (`autopipec_fw.production.kinetics.name_process`)
+    multiplicity: int = 1  # eOn processes equivalent to this one by symmetry
+    states: list[int] = field(default_factory=list)  # states in which eOn found it
 
     @property
     def error_meV(self) -> float:
@@ -97,6 +101,7 @@ class ValidationResult:
     force_mae: float | None = None
     holdout_max_gamma: float | None = None
     barriers: list[BarrierRow] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)  # the relevant processes, grouped by symmetry
     barrier_mae: float | None = None
     barrier_max_error: float | None = None
     coverage: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +139,7 @@ class ValidationResult:
             "force_mae_meV_per_A": self.force_mae,
             "holdout_max_gamma": self.holdout_max_gamma,
             "n_barriers": len(self.barriers),
+            "n_distinct_processes": len(self.processes),
             "barrier_mae_meV": self.barrier_mae,
             "barrier_max_error_meV": self.barrier_max_error,
             "thresholds": dict(self.thresholds),
@@ -347,20 +353,14 @@ def _holdout_errors(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def distinct_processes(processes: Sequence[ProcessRecord], limit: int, tol: float = 0.005) -> list[ProcessRecord]:
-    """Lowest-barrier processes first, symmetry-equivalent ones dropped (same eOn barrier and same
-    reaction energy within `tol` eV), at most `limit`."""
-    chosen: list[ProcessRecord] = []
-    keys: list[tuple[float, float]] = []
-    for p in sorted(processes, key=lambda p: (p.barrier, p.state, p.process)):
-        if len(chosen) >= limit:
-            break
-        dE = p.product_energy - (p.saddle_energy - p.barrier)
-        if any(abs(p.barrier - b) < tol and abs(dE - d) < tol for b, d in keys):
-            continue
-        keys.append((p.barrier, dE))
-        chosen.append(p)
-    return chosen
+def distinct_processes(
+    processes: Sequence[ProcessRecord], limit: int, structure_kind: str | None = None
+) -> list[ProcessRecord]:
+    """One representative per process distinct by symmetry (`group_processes`), lowest barrier first, at most
+    `limit`."""
+    if limit <= 0:
+        return []
+    return [g.representative for g in group_processes(processes, structure_kind)[:limit]]
 
 
 def relevant_processes(
@@ -638,7 +638,9 @@ def validate_potential(
     result.temperatures = sorted(set(temps)) or [campaign.akmc.temperature]
 
     # 1. held-out errors
-    holdout = holdout_structures(campaign, vs.n_holdout, distinct_processes(processes, len(processes)))
+    kind = campaign.structure.kind
+    holdout = holdout_structures(campaign, vs.n_holdout,
+                                 [g.representative for g in group_processes(processes, kind)])
     if holdout:
         labelled = labeller(holdout, campaign.oracle, workdir / "holdout")
         if len(labelled) != len(holdout):
@@ -661,14 +663,17 @@ def validate_potential(
             f"{max(result.temperatures):g} K (rate below {vs.min_rate_fraction:g} of their state's fastest): "
             "their barriers are not checked"
         )
-    chosen = distinct_processes(relevant, vs.max_barriers)
-    for p in chosen:
+    groups = group_processes(relevant, kind)
+    result.processes = [g.to_dict() for g in groups]
+    for g in groups[: vs.max_barriers]:
+        p = g.representative
         row = process_barriers(
             p, learned, oracle, campaign.oracle, workdir / "barriers", labeller, method, n_images=n_images, fmax=fmax
         )
+        row.name, row.multiplicity, row.states = g.name, g.multiplicity, g.states
         log.info(
-            "state %d process %d: learned %.3f eV, oracle %.3f eV (%s)",
-            p.state, p.process, row.learned_barrier, row.oracle_barrier, method,
+            "%s (state %d process %d, x%d): learned %.3f eV, oracle %.3f eV (%s)",
+            g.name, p.state, p.process, g.multiplicity, row.learned_barrier, row.oracle_barrier, method,
         )
         if not row.converged:
             result.notes.append(f"NEB of state {p.state} process {p.process} did not fully converge")
@@ -679,10 +684,14 @@ def validate_potential(
         errs_b = [b.error_meV for b in result.barriers]
         result.barrier_mae = float(np.mean(errs_b))
         result.barrier_max_error = float(np.max(errs_b))
-    elif eon_run_dirs and vs.max_barriers > 0:
-        result.notes.append("no aKMC process with complete procdata found: barriers not checked")
-    elif not eon_run_dirs:
-        result.notes.append("no eOn run folder given: barriers not checked")
+    elif vs.max_barriers == 0:
+        result.notes.append("validation.max_barriers is 0: barriers not checked")
+    else:
+        # a gate that checked no barrier has not checked the kinetics: fail, and say why
+        why = ("no eOn run folder was given" if not eon_run_dirs else
+               f"aKMC found no process with complete geometry in {', '.join(str(r) for r in eon_run_dirs)}")
+        result.failures.append(f"no process to check barriers against: {why} (validation.max_barriers = "
+                               f"{vs.max_barriers}; set it to 0 to gate without barriers)")
 
     # 3. coverage
     tdata = training_data or _find_training_data(generation)

@@ -20,7 +20,7 @@ def bulk_campaign(tmp_path_factory) -> Campaign:
     return Campaign(
         name="cu-bulk-test",
         structure={"kind": "file", "file": str(cell)},
-        validation={"n_holdout": 4},
+        validation={"n_holdout": 4, "max_barriers": 0},  # no aKMC here: a gate without barriers, explicitly
         package={"name": "cu-bulk-test", "version": "1.0.0", "license": "MIT"},
     )
 

@@ -37,6 +37,9 @@ def test_gate_fails_outside_domain_and_says_why(surface_validation: ValidationRe
     assert len(r.barriers) == 1
     row = r.barriers[0]
     assert row.method == "neb" and row.converged
+    # the +x and +y hops of state 0 and the hop back from state 1: one process by symmetry, named and counted
+    assert (row.name, row.multiplicity, row.states) == ("adatom hop", 3, [0, 1])
+    assert len(r.processes) == 1 and r.processes[0]["multiplicity"] == 3
     assert row.oracle_barrier == pytest.approx(row.eon_barrier, abs=0.005)
     # a bulk-only potential gets the surface hop badly wrong: the gate fails and names the threshold
     assert not r.passed
@@ -110,3 +113,22 @@ def test_process_that_does_not_exist_for_the_oracle_fails(cu_bulk_potential, eon
     assert not r.passed
     assert any("oracle: product relaxes into the reactant" in f for f in r.failures), r.failures
     assert "no held-out errors" in " ".join(r.notes)
+
+
+def test_a_gate_that_found_no_process_fails_and_says_why(cu_bulk_potential, eon_run_dir, tmp_path) -> None:
+    """An aKMC folder whose tables hold no process: gating it would pass on nothing, so the gate fails."""
+    import shutil
+
+    from autopipec_fw.config import Campaign
+    from autopipec_fw.production.validate import validate_potential
+
+    run = tmp_path / "run"
+    shutil.copytree(eon_run_dir, run)
+    for table in (run / "states").glob("*/processtable"):
+        table.write_text(table.read_text().splitlines()[0] + "\n")  # header only
+    r = validate_potential(cu_bulk_potential.generation, Campaign(validation={"n_holdout": 0}), tmp_path / "v", [run])
+    assert not r.passed and r.barriers == []
+    assert any("no process to check barriers against" in f and str(run) in f for f in r.failures), r.failures
+    # with no run folder at all, the same
+    r2 = validate_potential(cu_bulk_potential.generation, Campaign(validation={"n_holdout": 0}), tmp_path / "v2", [])
+    assert not r2.passed and any("no eOn run folder was given" in f for f in r2.failures)
