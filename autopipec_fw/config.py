@@ -117,6 +117,16 @@ class GammaSettings(_Model):
     threshold: PosFloat = Field(5.0, description="above this the driver stops eOn")
     select_lower: PosFloat = Field(2.0, description="between this and threshold: recorded, no stop")
     max_selected: PosInt = Field(4, description="at most this many structures labelled per stop (K)")
+    max_candidates: PosInt = Field(
+        40, description="at most this many select-band structures kept per stop as the pool the K labels are "
+        "chosen from (D-optimal); stop structures are always kept")
+    collect_searches: int = Field(
+        8, ge=0,
+        description="after the first extrapolation of a run, this many more searches run only to collect "
+        "candidates around it (our client: their results never reach eOn's tables, so no KMC step is drawn from a "
+        "potential that has extrapolated there); then the run stops. 0 stops at once. An external eOn client "
+        "always stops at once")
+    collect_seconds: PosFloat = Field(300.0, description="the collection after a stop lasts at most this long (s)")
     min_distance_factor: float = Field(
         0.65, ge=0, lt=1,
         description="structures with two atoms closer than this x the sum of their covalent radii are "

@@ -114,7 +114,7 @@ class StopPolicy:
             select_lower=gamma.select_lower,
             stop_file=stop_file,
             candidates_dir=candidates_dir,
-            max_selected=gamma.max_selected,
+            max_selected=gamma.max_candidates,
             min_distance_factor=gamma.min_distance_factor or None,
         )
 

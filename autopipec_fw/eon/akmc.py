@@ -255,6 +255,12 @@ class EonWrapper:
             return str(Path(found).absolute())
         return str(self.run_dir / CLIENT_SCRIPT)
 
+    @property
+    def collect_searches(self) -> int:
+        """Searches after a stop that only collect candidates: our client only (it can keep eOn from registering
+        them); a user's own eonclient stops at once."""
+        return self.gamma.collect_searches if self.eon.runtime == "local" else 0
+
     def _uses_ext_pot(self) -> bool:
         return self.eon.runtime == "external" or self.eon.potential_mode == "ext_pot"
 
@@ -279,6 +285,7 @@ class EonWrapper:
                 potential_yaml=str(self.generation_yaml),
                 active_set=str(self.generation_asi),
                 policy=self.policy.to_dict(),
+                collect_after=str(self.stop_file) if self.collect_searches else None,
             )
             settings.write(self.run_dir / CLIENT_SETTINGS)
             write_client_script(self.run_dir / CLIENT_SCRIPT, self.run_dir / CLIENT_SETTINGS)
@@ -398,6 +405,8 @@ class EonWrapper:
             str(self.generation_yaml),
             self.gamma.threshold,
             log_offset=_log_size(self.run_dir),
+            collect_searches=self.collect_searches,
+            collect_seconds=self.gamma.collect_seconds,
         )
         limit = RoundLimitHandler(self.akmc.max_rounds, _log_size(self.run_dir))
         handlers = [

@@ -31,13 +31,16 @@ from typing import Any
 from custodian.custodian import ErrorHandler
 
 from autopipec_fw import processes
+from autopipec_fw.eon.extpot.protocol import EXIT_COLLECT, EXIT_STOP
 from autopipec_fw.eon.io import read_dynamics
 from autopipec_fw.eon.jobs import kill_stray_clients
-from autopipec_fw.eon.state import AKMC_LOG, LOCKFILE, STOPS_DIR, RunState, StopRecord
+from autopipec_fw.eon.state import AKMC_LOG, CALLS_LOG, LOCKFILE, STOPS_DIR, RunState, StopRecord
 
 log = logging.getLogger(__name__)
 
 _FAILED_RE = re.compile(r"job failed: (\S+) \(return code (-?\d+)\)")
+# exit codes of our own that are no failure: an extrapolation stop, a search that only collected candidates
+_EXPECTED_EXITS = {str(EXIT_STOP), str(EXIT_COLLECT)}
 _FINISHED_RE = re.compile(r"Job finished: (\S+)")
 _ROUND_RE = re.compile(r"INFO:akmc: Eon version")
 
@@ -70,6 +73,14 @@ def _read_log_from(run_dir: Path, offset: int) -> str:
     _last_read.clear()
     _last_read[key] = ((size, st.st_mtime_ns), text)
     return text
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def rounds_in_log(run_dir: Path, offset: int) -> int:
@@ -138,13 +149,20 @@ class ExtrapolationHandler(ErrorHandler):
         generation_yaml: str | None = None,
         threshold: float | None = None,
         log_offset: int | None = None,
+        collect_searches: int = 0,
+        collect_seconds: float = 300.0,
     ) -> None:
         self.stop_file = stop_file
         self.candidates_dir = candidates_dir
         self.generation_yaml = generation_yaml
         self.threshold = threshold
         self.log_offset = log_offset
+        self.collect_searches = collect_searches
+        self.collect_seconds = collect_seconds
         self.last_stop: StopRecord | None = None
+        self._since: float | None = None  # when the first stop of this run was seen (collection under way)
+        self._jobs_at_stop = 0
+        self.collected = 0
 
     def _exit100(self, run_dir: Path) -> list[str]:
         if self.log_offset is None:
@@ -152,11 +170,27 @@ class ExtrapolationHandler(ErrorHandler):
         text = _read_log_from(run_dir, self.log_offset)
         return [m.group(1) for m in _FAILED_RE.finditer(text) if m.group(2) == "100"]
 
-    def check(self, directory: str = "./") -> bool:
+    def _stopped(self, run_dir: Path) -> bool:
         p = Path(self.stop_file)
-        if p.exists() and p.stat().st_size > 0:
+        return (p.exists() and p.stat().st_size > 0) or bool(self._exit100(run_dir))
+
+    def check(self, directory: str = "./") -> bool:
+        """True (terminate) once a stop happened and, with collection, once ``collect_searches`` more searches
+        finished (our client turns every search finishing after a stop into a collecting one, which eOn drops)
+        or ``collect_seconds`` passed."""
+        run_dir = Path(directory)
+        if not self._stopped(run_dir):
+            return False
+        if self.collect_searches <= 0:
             return True
-        return bool(self._exit100(Path(directory)))
+        jobs = _count_lines(run_dir / CALLS_LOG)
+        if self._since is None:
+            self._since, self._jobs_at_stop = time.monotonic(), jobs
+            log.info("extrapolation stop: collecting candidates from %d more searches (at most %.0f s)",
+                     self.collect_searches, self.collect_seconds)
+            return False
+        self.collected = jobs - self._jobs_at_stop
+        return self.collected >= self.collect_searches or time.monotonic() - self._since > self.collect_seconds
 
     def correct(self, directory: str = "./") -> dict[str, Any]:
         run_dir = Path(directory)
@@ -168,9 +202,15 @@ class ExtrapolationHandler(ErrorHandler):
             if p.exists() and p.stat().st_size > 0
             else f"extrapolation: client exit 100 in {', '.join(jobs100)}"
         )
+        if self._since is not None:
+            reason += f"; then {self.collected} search(es) collected candidates"
         rec = collect_stop(
             run_dir, p, Path(self.candidates_dir), reason, self.generation_yaml, self.threshold
         )
+        rec.collected_searches = self.collected
+        state = RunState.load(run_dir)
+        state.stops[-1].collected_searches = self.collected
+        state.save(run_dir)
         self.last_stop = rec
         self.log_offset = _log_size(run_dir)
         return {
@@ -251,12 +291,12 @@ class ClientFailureHandler(ErrorHandler):
         complete = segments[1:-1] if len(segments) > 2 else []  # the last segment is the round still running
         dead = 0
         for seg in reversed(complete):
-            failed = [m for m in _FAILED_RE.finditer(seg) if m.group(2) != "100"]
+            failed = [m for m in _FAILED_RE.finditer(seg) if m.group(2) not in _EXPECTED_EXITS]
             if failed and not _FINISHED_RE.search(seg):
                 dead += 1
             else:
                 break
-        failures = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) != "100"]
+        failures = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) not in _EXPECTED_EXITS]
         return dead, failures
 
     def _check_continuous(self, run_dir: Path) -> bool:
@@ -270,7 +310,7 @@ class ClientFailureHandler(ErrorHandler):
 
     def _scan(self, run_dir: Path) -> tuple[list[tuple[str, int]], int]:
         text = _read_log_from(run_dir, self.log_offset)
-        failed = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) != "100"]
+        failed = [(m.group(1), int(m.group(2))) for m in _FAILED_RE.finditer(text) if m.group(2) not in _EXPECTED_EXITS]
         finished = len(_FINISHED_RE.findall(text))
         return failed, finished
 

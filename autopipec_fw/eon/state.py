@@ -59,6 +59,7 @@ class StopRecord:
     folder: str
     candidates: list[str] = field(default_factory=list)
     handed_back: bool = False
+    collected_searches: int = 0  # searches run after the stop only to collect candidates
 
 
 @dataclass

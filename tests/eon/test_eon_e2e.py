@@ -49,6 +49,12 @@ def test_bulk_potential_stops_then_new_generation_resumes(
     grades = [float(read(p).info["max_gamma"]) for p in r.candidates]
     assert max(grades) > GAMMA.threshold and r.max_gamma == pytest.approx(max(grades))
     assert len(r.stops) == 1 and "extrapolation" in r.stops[0]["reason"]
+    # after the first stop, more searches ran only to collect candidates; eOn registered none of them, so no
+    # process and no KMC step come from a potential that extrapolated in this state (here every search meets
+    # the same extrapolating reactant first, so they add no new candidate)
+    stop = RunState.load(run).stops[0]
+    assert stop.collected_searches >= GAMMA.collect_searches, stop
+    assert read_processes(run) == [] and r.kmc_steps == 0
     log = json.loads((run / "custodian.json").read_text())
     assert any(c["handler"]["@class"] == "ExtrapolationHandler" for c in log[-1]["corrections"])
 

@@ -278,6 +278,47 @@ def test_extrapolation_handler_collects_once(tmp_path, demo_atoms):
     assert RunState.load(run).stops[0].handed_back
 
 
+def test_extrapolation_handler_collects_more_searches_before_stopping(tmp_path, demo_atoms):
+    """With collect_searches, the first stop does not terminate: the handler waits until that many more searches
+    (lines of our client's calls log) finished, or until collect_seconds passed."""
+    run = tmp_path / "run"
+    _wrapper(run).setup(demo_atoms)
+    calls = run / "client_calls.jsonl"
+    h = ExtrapolationHandler(str(run / STOP_FILE), str(run / CANDIDATES_DIR), threshold=5.0, log_offset=0,
+                             collect_searches=3, collect_seconds=60)
+    calls.write_text('{"job": "0_1"}\n')
+    assert not h.check(str(run))
+    _record_stop(run)
+    assert not h.check(str(run))  # the stop is seen: collection starts
+    calls.write_text(calls.read_text() + '{"job": "0_2"}\n{"job": "0_3"}\n')
+    assert not h.check(str(run)) and h.collected == 2
+    calls.write_text(calls.read_text() + '{"job": "0_4"}\n')
+    assert h.check(str(run)) and h.collected == 3
+    h.correct(str(run))
+    assert "3 search(es) collected" in h.last_stop.reason and RunState.load(run).stops[0].collected_searches == 3
+    # a collection that takes too long ends anyway
+    h2 = ExtrapolationHandler(str(run / STOP_FILE), str(run / CANDIDATES_DIR), log_offset=0,
+                              collect_searches=50, collect_seconds=0.2)
+    _record_stop(run)
+    assert not h2.check(str(run))
+    time.sleep(0.3)
+    assert h2.check(str(run))
+
+
+def test_a_search_finishing_after_a_stop_only_collects(tmp_path, demo_atoms):
+    """Our client: once the run's stop file holds a stop, a process search that finishes exits 101 without
+    results.dat (eOn drops it), so its result never reaches eOn's tables."""
+    from autopipec_fw.eon.client.search import _collecting
+
+    stop = tmp_path / "pace_stop"
+    s = ClientSettings(run_dir=str(tmp_path), potential="emt", collect_after=str(stop))
+    assert not _collecting(s)
+    stop.write_text("")
+    assert not _collecting(s)
+    stop.write_text('{"max_gamma": 9}\n')
+    assert _collecting(s) and not _collecting(ClientSettings(run_dir=str(tmp_path), potential="emt"))
+
+
 def test_stop_file_found_at_start_is_collected(tmp_path, demo_atoms):
     run = tmp_path / "run"
     _wrapper(run).setup(demo_atoms)

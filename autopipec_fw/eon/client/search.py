@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autopipec_fw.eon.extpot.protocol import EXIT_STOP
+from autopipec_fw.eon.extpot.protocol import EXIT_COLLECT, EXIT_STOP
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ClientSettings:
     potential_yaml: str | None = None
     active_set: str | None = None
     policy: dict[str, Any] | None = None  # `StopPolicy.to_dict()`: the campaign's one stop rule
+    collect_after: str | None = None  # a stop file: once it holds a stop, finished searches only collect
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
@@ -506,7 +507,11 @@ def run_job(settings: ClientSettings | None, workdir: Path) -> tuple[int, CallSt
             files = pec.run_job(params)
             log.info("job %s wrote %s", job, files)
     except RuntimeError as e:
-        if stats.stopped or "ExtrapolationStop" in str(e) or "extrapolation stop" in str(e):
+        # our calculator's stop, or (ext_pot) the driver's: its exit 100 reaches us as a failed potential, after
+        # it wrote the stop file
+        if stats.stopped or "ExtrapolationStop" in str(e) or "extrapolation stop" in str(e) or (
+            settings is not None and _collecting(settings)
+        ):
             stats.stopped = True
             return EXIT_STOP, stats, job
         raise
@@ -514,4 +519,17 @@ def run_job(settings: ClientSettings | None, workdir: Path) -> tuple[int, CallSt
         stats.eon_force_calls = int(pot.force_call_counter)
     if stats.stopped:
         return EXIT_STOP, stats, job
+    if job == "process_search" and settings is not None and _collecting(settings):
+        # the run has extrapolated: this search ran to collect candidates only; eOn must not register it (a
+        # job without results.dat failed), so no KMC step is drawn from tables this potential left incomplete
+        Path("results.dat").unlink(missing_ok=True)
+        return EXIT_COLLECT, stats, job
     return EXIT_OK, stats, job
+
+
+def _collecting(settings: ClientSettings) -> bool:
+    p = settings.collect_after
+    try:
+        return bool(p) and os.stat(p).st_size > 0
+    except OSError:
+        return False

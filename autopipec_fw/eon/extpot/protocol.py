@@ -26,6 +26,7 @@ EXIT_INTERNAL = 1
 EXIT_INPUT = 2
 EXIT_POTENTIAL = 3
 EXIT_STOP = 100
+EXIT_COLLECT = 101  # our eOn client: a search run after a stop only to collect candidates; eOn drops it
 
 # option name -> (environment variable, is a path, help)
 OPTIONS = {
