@@ -317,9 +317,15 @@ def _unlabelled(atoms):  # the oracle labels it afresh; keep geometry and proven
     return clean
 
 
-def validate(layout: CampaignLayout) -> dict[str, Any]:
-    """The graduation gate on the latest generation (held-out oracle set, barriers of the processes found)."""
-    from autopipec_fw.production.validate import validate_potential
+def validate(layout: CampaignLayout, round: int = 0) -> dict[str, Any]:
+    """The graduation gate on the latest generation (held-out oracle set, barriers of the processes found).
+
+    ``round`` > 0: after teaching, on fresh held-out structures (another seed: what was learned from is no longer
+    held out). A failed gate with teaching rounds left writes what it teaches to structures/teach_RR.extxyz and
+    says so (``teach_file``, ``n_teach``); the caller labels those, refits and validates again."""
+    from ase.io import write
+
+    from autopipec_fw.production.validate import teaching_structures, validate_potential
     from autopipec_fw.training.fit import latest_generation
 
     campaign = layout.campaign()
@@ -328,11 +334,47 @@ def validate(layout: CampaignLayout) -> dict[str, Any]:
         raise ConfigError(f"{layout.generations}: no fitted generation to validate")
     runs = list(reversed(layout.akmc_runs().run_dirs()))  # the latest segment (the final potential's) first
     clock = _Stopwatch()
-    result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset)
-    figures = {"generation": gen.index, **clock.figures(), **result.to_dict()}
+    result = validate_potential(gen, campaign, layout.validation, runs, training_data=layout.dataset,
+                                holdout_seed=7919 + 1000 * round)
+    figures = {"generation": gen.index, "round": round, **clock.figures(), **result.to_dict(),
+               "teach_file": None, "n_teach": 0}
     figures.pop("parity", None)  # bulky; kept in validation/validation.json
+    vs = campaign.validation
+    if not result.passed and round < vs.teach_rounds:
+        teach = teaching_structures(result, vs.teach_labels)
+        if teach:
+            name = f"teach_{round:02d}.extxyz"
+            path = layout.structures / name
+            tmp = path.with_name(f".{name}.tmp")
+            write(tmp, teach, format="extxyz")
+            os.replace(tmp, path)
+            figures.update(teach_file=name, n_teach=len(teach))
+            log.warning("validation round %d failed (%s): teaching %d structures, then validating again",
+                        round, "; ".join(result.failures), len(teach))
+    if not result.passed and not figures["teach_file"]:
+        figures["advice"] = _gate_advice(result, campaign, round)
+    record_stage(layout, f"validate_{round:02d}", figures)
     record_stage(layout, "validate", figures)
     return figures
+
+
+def _gate_advice(result, campaign: Campaign, round: int) -> str:
+    """What to change when the gate failed for good: one line per kind of failure."""
+    out = []
+    text = " ".join(result.failures)
+    if "energy RMSE" in text or "force RMSE" in text:
+        out.append("more or more varied training data (initial_data.*), or a larger basis "
+                   "(fit.number_of_functions)")
+    if "barrier error" in text:
+        out.append("a lower gamma.threshold (stop earlier near saddles) or more teaching "
+                   "(validation.teach_rounds / teach_labels)")
+    if "no process" in text:
+        out.append("aKMC found no process: check akmc.kmc_steps / max_rounds and the run's report")
+    if "relaxes into the reactant" in text:
+        out.append("a process the oracle does not have: the potential invents a minimum; more data near it")
+    if round >= campaign.validation.teach_rounds:
+        out.append(f"the teaching budget (validation.teach_rounds = {campaign.validation.teach_rounds}) is used up")
+    return "; ".join(out)
 
 
 class GateFailed(RuntimeError):

@@ -178,13 +178,17 @@ class AkmcSettings(_Model):
 
 
 class ValidationSettings(_Model):
-    """The graduation gate."""
+    """The graduation gate. A failed gate first teaches: it labels what failed (interior images of a failing
+    barrier's path, the held-out structures with the largest errors), refits, and validates again on fresh
+    held-out structures, up to `teach_rounds` times; only then does the campaign end without a package."""
 
     n_holdout: int = Field(8, ge=0, description="fresh oracle structures held out for validation")
     max_energy_rmse: PosFloat = Field(10.0, description="meV/atom")
     max_force_rmse: PosFloat = Field(100.0, description="meV/Å")
     max_barrier_error: PosFloat = Field(50.0, description="meV, learned vs oracle on the found processes")
     max_barriers: int = Field(4, ge=0, description="processes whose barriers are checked against the oracle")
+    teach_rounds: int = Field(2, ge=0, description="label-refit-validate rounds a failed gate may add")
+    teach_labels: PosInt = Field(8, description="at most this many oracle labels per teaching round")
     min_rate_fraction: float = Field(
         1e-3, ge=0, lt=1,
         description="only kinetically relevant processes are checked: at the aKMC temperature (same prefactor) "

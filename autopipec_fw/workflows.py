@@ -42,14 +42,30 @@ def oracle_fireworks(campaign: Campaign, campaign_dir: str, structures_file: str
 
 def loop_detour(campaign: Campaign, campaign_dir: str, iteration: int, selected_file: str | None,
                 n_selected: int) -> Workflow:
-    """After stop `iteration`: label the selected structures, upfit, and resume aKMC in the same eOn folder."""
-    oracles = oracle_fireworks(campaign, campaign_dir, selected_file, n_selected, f"iter_{iteration:03d}") \
-        if selected_file else []
+    """After stop `iteration`: label the selected structures, refit, and resume aKMC (a new eOn segment for the
+    new potential). Nothing selected (every candidate unphysical or already known): no labels, so no refit
+    either; aKMC resumes with the same potential."""
+    if not selected_file or n_selected <= 0:
+        nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
+                  f"aKMC #{iteration + 1} (resume, no new data)")
+        return Workflow([nxt], name=f"{campaign.name} loop {iteration + 1}")
+    oracles = oracle_fireworks(campaign, campaign_dir, selected_file, n_selected, f"iter_{iteration:03d}")
     fit = _fw(FitTask(campaign_dir=campaign_dir, generation=iteration + 1), "fit", campaign,
-              f"{'upfit' if campaign.fit.upfit else 'refit'} gen_{iteration + 1:03d}", parents=oracles or None)
+              f"{'upfit' if campaign.fit.upfit else 'refit'} gen_{iteration + 1:03d}", parents=oracles)
     nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
               f"aKMC #{iteration + 1} (resume)", parents=[fit])
     return Workflow([*oracles, fit, nxt], name=f"{campaign.name} loop {iteration + 1}")
+
+
+def teach_detour(campaign: Campaign, campaign_dir: str, round: int, teach_file: str, n: int,
+                 generation: int) -> Workflow:
+    """After a failed gate (validation ``round``): label what it teaches, refit, validate again (round + 1)."""
+    oracles = oracle_fireworks(campaign, campaign_dir, teach_file, n, f"teach_{round:02d}")
+    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=generation), "fit", campaign,
+              f"refit gen_{generation:03d} (taught)", parents=oracles or None)
+    val = _fw(ValidateTask(campaign_dir=campaign_dir, round=round + 1), "validate", campaign,
+              f"validate (round {round + 1})", parents=[fit])
+    return Workflow([*oracles, fit, val], name=f"{campaign.name} teach {round + 1}")
 
 
 def campaign_workflow(campaign: Campaign, campaign_dir: str | Path, embed_settings: bool = False) -> Workflow:

@@ -74,6 +74,7 @@ class BarrierRow:
     name: str = ""  # e.g. "adatom hop" (`autopipec_fw.production.kinetics.name_process`)
     multiplicity: int = 1  # eOn processes equivalent to this one by symmetry
     states: list[int] = field(default_factory=list)  # states in which eOn found it
+    path_file: str = ""  # the learned CI-NEB images (extxyz): what a failed gate teaches from
 
     @property
     def error_meV(self) -> float:
@@ -102,6 +103,9 @@ class ValidationResult:
     holdout_max_gamma: float | None = None
     barriers: list[BarrierRow] = field(default_factory=list)
     processes: list[dict[str, Any]] = field(default_factory=list)  # the relevant processes, grouped by symmetry
+    holdout_errors: list[dict[str, Any]] = field(default_factory=list)  # per held-out structure (meV/atom, meV/Å)
+    holdout_file: str | None = None  # the labelled held-out structures (extxyz)
+    holdout_seed: int = 7919
     barrier_mae: float | None = None
     barrier_max_error: float | None = None
     coverage: dict[str, Any] = field(default_factory=dict)
@@ -307,6 +311,29 @@ def holdout_structures(campaign: Campaign, n: int, processes: Sequence[ProcessRe
     return out[:n]
 
 
+def _write_structures(path: Path, structures: Sequence[Atoms], info: Mapping[str, Any] | None = None) -> Path:
+    """Plain copies (geometry, and the labels they carry) written atomically as extxyz."""
+    from ase.io import write
+
+    out = []
+    for at in structures:
+        c = at.copy()
+        c.set_constraint()
+        if at.calc is not None and "energy" in (at.calc.results or {}):
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            c.calc = SinglePointCalculator(c, **{k: v for k, v in at.calc.results.items()
+                                                 if k in ("energy", "forces", "stress")})
+        c.info.update(info or {})
+        out.append(c)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp, out, format="extxyz")
+    os.replace(tmp, path)
+    return path
+
+
 def _holdout_errors(
     labelled: Sequence[Atoms], make_calc: CalculatorFactory, reference_energies: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
@@ -332,7 +359,13 @@ def _holdout_errors(
         f_ref.append(ref_f)
     de = 1000.0 * (np.array(e_pred) - np.array(e_ref))
     df = 1000.0 * (np.concatenate(f_pred) - np.concatenate(f_ref)).ravel()
+    per_structure = [
+        {"index": i, "energy_error": float(de[i]),
+         "force_rmse": float(1000.0 * np.sqrt(np.mean((np.asarray(fp) - np.asarray(fr)) ** 2)))}
+        for i, (fp, fr) in enumerate(zip(f_pred, f_ref, strict=True))
+    ]
     return {
+        "per_structure": per_structure,
         "energy_rmse": float(np.sqrt(np.mean(de**2))),
         "energy_mae": float(np.mean(np.abs(de))),
         "force_rmse": float(np.sqrt(np.mean(df**2))),
@@ -448,6 +481,9 @@ def process_barriers(
         notes.append("learned potential: product relaxes into the reactant")
     e_l = [im.get_potential_energy() for im in images]
     learned_barrier = max(e_l[1:-1] + [e_l[-1]]) - e_l[0]
+    path_file = Path(workdir) / f"path_s{process.state}_p{process.process}.extxyz"
+    _write_structures(path_file, images, info={"validation": f"learned path state {process.state} process "
+                                                             f"{process.process}"})
     if method == "neb":
         if oracle is None:
             raise ValidationError(f"oracle {settings.calculator!r} has no in-process calculator for NEB")
@@ -478,6 +514,7 @@ def process_barriers(
         method=method,
         converged=ok,
         note="; ".join(notes),
+        path_file=str(path_file),
     )
 
 
@@ -587,6 +624,7 @@ def validate_potential(
     barrier_method: Literal["auto", "neb", "path"] = "auto",
     n_images: int = 3,
     fmax: float = 0.05,
+    holdout_seed: int = 7919,
 ) -> ValidationResult:
     """Validate `generation` (a training `Generation` or its dict) against the campaign's oracle and gate.
 
@@ -598,6 +636,8 @@ def validate_potential(
     - `labeller`: the oracle stage (default ``autopipec_fw.oracle.label.label_structures``).
     - `barrier_method`: ``neb`` (CI-NEB with the oracle), ``path`` (oracle single points on the learned path);
       ``auto`` = ``neb`` for EMT, else ``path``.
+    - `holdout_seed`: another seed gives other held-out structures (a gate that taught the potential validates
+      again on structures it never learned from).
     """
     vs = campaign.validation
     workdir = Path(workdir)
@@ -640,7 +680,8 @@ def validate_potential(
     # 1. held-out errors
     kind = campaign.structure.kind
     holdout = holdout_structures(campaign, vs.n_holdout,
-                                 [g.representative for g in group_processes(processes, kind)])
+                                 [g.representative for g in group_processes(processes, kind)], seed=holdout_seed)
+    result.holdout_seed = holdout_seed
     if holdout:
         labelled = labeller(holdout, campaign.oracle, workdir / "holdout")
         if len(labelled) != len(holdout):
@@ -652,6 +693,9 @@ def validate_potential(
         result.force_rmse, result.force_mae = errs["force_rmse"], errs["force_mae"]
         result.holdout_max_gamma = errs["max_gamma"]
         result.parity = errs["parity"]
+        result.holdout_errors = errs["per_structure"]
+        result.holdout_file = str(_write_structures(workdir / f"holdout_{holdout_seed}.extxyz", labelled,
+                                                    info={"holdout": True}))
     else:
         result.notes.append("validation.n_holdout is 0: no held-out errors computed")
 
@@ -717,3 +761,46 @@ def validate_potential(
     result.write(workdir / "validation.json")
     log.info("%s", result.message())
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a failed gate teaches
+# ----------------------------------------------------------------------------------------------------------
+
+
+def teaching_structures(result: ValidationResult, n: int, images_per_barrier: int = 3) -> list[Atoms]:
+    """What a failed gate labels before it validates again (at most ``n``): interior images of the learned path
+    of every barrier above the threshold (the region the potential gets wrong), then the held-out structures
+    with the largest errors relative to the thresholds (only those at least half-way to a threshold).
+    An empty list: nothing to learn from (the failure is of another kind, e.g. a process that does not exist)."""
+    from ase.io import read
+
+    out: list[Atoms] = []
+    limit = result.thresholds.get("max_barrier_error", math.inf)
+    for row in sorted(result.barriers, key=lambda b: -b.error_meV):
+        if row.error_meV <= limit or not row.path_file or not Path(row.path_file).is_file():
+            continue
+        images = read(row.path_file, index=":", format="extxyz")[1:-1]
+        # the images nearest the learned saddle first
+        energies = [im.get_potential_energy() if im.calc is not None else 0.0 for im in images]
+        for k in np.argsort(energies)[::-1][:images_per_barrier]:
+            im = images[int(k)]
+            im.info["teach"] = f"barrier state {row.state} process {row.process}"
+            out.append(im)
+    if result.holdout_file and Path(result.holdout_file).is_file() and result.holdout_errors:
+        held = read(result.holdout_file, index=":", format="extxyz")
+        e_lim = result.thresholds.get("max_energy_rmse", math.inf)
+        f_lim = result.thresholds.get("max_force_rmse", math.inf)
+
+        def badness(e: dict[str, Any]) -> float:
+            return max(abs(e["energy_error"]) / e_lim, e["force_rmse"] / f_lim)
+
+        for e in sorted(result.holdout_errors, key=badness, reverse=True):
+            if badness(e) < 0.5 or e["index"] >= len(held):
+                break
+            at = held[e["index"]]
+            at.info["teach"] = f"held-out structure {e['index']} (energy error {e['energy_error']:.1f} meV/atom)"
+            out.append(at)
+    for at in out:
+        at.calc = None
+    return out[:n]

@@ -132,3 +132,40 @@ def test_a_gate_that_found_no_process_fails_and_says_why(cu_bulk_potential, eon_
     # with no run folder at all, the same
     r2 = validate_potential(cu_bulk_potential.generation, Campaign(validation={"n_holdout": 0}), tmp_path / "v2", [])
     assert not r2.passed and any("no eOn run folder was given" in f for f in r2.failures)
+
+
+def test_a_failed_gate_teaches_what_failed(tmp_path) -> None:
+    """The structures a failed gate labels: the learned path's images near a failing saddle first, then the
+    held-out structures at least half-way to a threshold, worst first; nothing when nothing failed that way."""
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from autopipec_fw.production.validate import BarrierRow, _write_structures, teaching_structures
+
+    def labelled(a: float, e: float):
+        at = bulk("Cu", "fcc", a=a)
+        at.calc = SinglePointCalculator(at, energy=e, forces=np.zeros((1, 3)))
+        return at
+
+    path = _write_structures(tmp_path / "path.extxyz", [labelled(3.6 + 0.01 * i, e)
+                                                       for i, e in enumerate([0.0, 0.2, 0.5, 0.3, 0.0])])
+    held = _write_structures(tmp_path / "held.extxyz", [labelled(3.5 + 0.02 * i, 0.0) for i in range(4)])
+    th = {"max_energy_rmse": 10.0, "max_force_rmse": 100.0, "max_barrier_error": 50.0}
+    bad = BarrierRow("r", 0, 1, 0.4, 0.48, 0.40, "neb", True, path_file=str(path))
+    good = BarrierRow("r", 0, 2, 0.4, 0.41, 0.40, "neb", True, path_file=str(path))
+    errors = [{"index": 0, "energy_error": 1.0, "force_rmse": 10.0},   # 0.1 of a threshold: not taught
+              {"index": 1, "energy_error": -12.0, "force_rmse": 10.0},  # 1.2
+              {"index": 2, "energy_error": 2.0, "force_rmse": 70.0},    # 0.7
+              {"index": 3, "energy_error": 4.0, "force_rmse": 20.0}]    # 0.4: not taught
+    r = ValidationResult(passed=False, thresholds=th, barriers=[good, bad], holdout_errors=errors,
+                         holdout_file=str(held))
+    got = teaching_structures(r, 10)
+    assert [g.info["teach"] for g in got] == [
+        "barrier state 0 process 1", "barrier state 0 process 1", "barrier state 0 process 1",
+        "held-out structure 1 (energy error -12.0 meV/atom)", "held-out structure 2 (energy error 2.0 meV/atom)"]
+    assert got[0].cell[0][1] == pytest.approx(bulk("Cu", "fcc", a=3.62).cell[0][1])  # the highest image first
+    assert all(g.calc is None for g in got)  # the oracle labels them afresh
+    assert len(teaching_structures(r, 2)) == 2
+    calm = ValidationResult(passed=False, thresholds=th, barriers=[good], holdout_errors=errors[:1],
+                            holdout_file=str(held))
+    assert teaching_structures(calm, 10) == []

@@ -53,9 +53,9 @@ def test_loop_detour_is_oracle_then_upfit_then_resumed_akmc() -> None:
     assert len(oracles) == 3 and all(wf.links[o.fw_id] == [fit.fw_id] for o in oracles)
     assert wf.links[fit.fw_id] == [nxt.fw_id] and fit.tasks[0]["generation"] == 3
     assert nxt.tasks[0]["iteration"] == 3
-    # nothing selected (all candidates known): still upfit and resume, no oracle
-    assert _names(loop_detour(c, "/x", 0, None, 0)) == ["aKMC #1 (resume)", "upfit gen_001"]
-    assert "refit gen_001" in _names(loop_detour(Campaign(), "/x", 0, None, 0))  # default: a fresh fit
+    # nothing selected (all candidates known or unphysical): no new data, so no refit: aKMC resumes as it was
+    assert _names(loop_detour(c, "/x", 0, None, 0)) == ["aKMC #1 (resume, no new data)"]
+    assert "refit gen_001" in _names(loop_detour(Campaign(), "/x", 0, "iter_000.extxyz", 1))  # default: fresh
 
 
 def test_shipped_spec_is_current_and_lpad_add_accepts_it(embedded_db: EmbeddedDB) -> None:
@@ -86,3 +86,22 @@ def test_example_fireworks_files_load(name: str) -> None:
     else:
         qa = load_object_from_file(str(path))
         assert qa.q_type == "SLURM" and "singleshot" in qa["rocket_launch"]
+
+
+def test_a_failed_gate_detours_into_teaching_before_the_package(tmp_path) -> None:
+    from autopipec_fw.firetasks import FitTask, OracleTask, ValidateTask
+    from autopipec_fw.workflows import teach_detour
+
+    c = Campaign(oracle={"batch_size": 3})
+    wf = teach_detour(c, str(tmp_path), 0, "teach_00.extxyz", 7, generation=5)
+    stages = [fw.spec["stage"] for fw in wf.fws]
+    assert stages == ["oracle", "oracle", "oracle", "fit", "validate"]
+    oracles = [fw for fw in wf.fws if fw.spec["stage"] == "oracle"]
+    assert [t["indices"] for fw in oracles for t in fw.tasks if isinstance(t, OracleTask)] == [[0, 1, 2], [3, 4, 5], [6]]
+    fit = next(fw for fw in wf.fws if fw.spec["stage"] == "fit")
+    val = next(fw for fw in wf.fws if fw.spec["stage"] == "validate")
+    assert isinstance(fit.tasks[0], FitTask) and fit.tasks[0]["generation"] == 5
+    assert isinstance(val.tasks[0], ValidateTask) and val.tasks[0]["round"] == 1
+    links = wf.links
+    assert all(links[o.fw_id] == [fit.fw_id] for o in oracles) and links[fit.fw_id] == [val.fw_id]
+    assert wf.leaf_fw_ids == [val.fw_id]  # the package (the validate Firework's child) waits for it
