@@ -217,13 +217,50 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
         if previous is not None and previous.index != generation - 1:
             raise ConfigError(f"{layout.generations}: asked to fit gen_{generation:03d} but the latest is "
                               f"{previous.name}")
-        start = previous if campaign.fit.upfit else None  # a fresh fit on the whole set unless fit.upfit
-        gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations, previous=start)
+        if previous is not None and _fitted_on(previous) == TrainingSet(layout.dataset).hashes():
+            # the training set did not grow since the previous generation: the same potential, no refit
+            gen = _reuse_generation(previous, gen_dir)
+            log.info("%s: training set unchanged since %s; its potential is reused (no refit)", gen_dir.name,
+                     previous.name)
+        else:
+            start = previous if campaign.fit.upfit else None  # a fresh fit on the whole set unless fit.upfit
+            gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
+                                 previous=start)
         timing = clock.figures()
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,
         "training_set_size": len(TrainingSet(layout.dataset)), **timing,
     })
+
+
+def _fitted_on(gen) -> set[str] | None:
+    """Structure hashes of the training-data snapshot a generation was fitted on (None when unreadable)."""
+    from autopipec_fw.training.fit import DATA_FILE
+
+    try:
+        import pandas as pd
+
+        return set(pd.read_pickle(gen.dir / DATA_FILE, compression="gzip")["structure_hash"])
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+
+
+def _reuse_generation(previous, gen_dir: Path):
+    """gen_dir as a copy of ``previous`` (same potential files and metrics, its own index)."""
+    import shutil
+
+    from autopipec_fw.training.fit import GENERATION_JSON, Generation
+
+    tmp = gen_dir.with_name(f"{gen_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(previous.dir, tmp)
+    d = json.loads((tmp / GENERATION_JSON).read_text())
+    d["index"] = int(gen_dir.name.split("_")[1])
+    d["metrics"] = {**d.get("metrics", {}), "generation": d["index"], "reused_from": previous.index,
+                    "seconds": 0.0}
+    _atomic_write_text(tmp / GENERATION_JSON, json.dumps(d, indent=2, default=str))
+    os.rename(tmp, gen_dir)
+    return Generation.load(gen_dir)
 
 
 def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:

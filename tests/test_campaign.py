@@ -30,3 +30,23 @@ def test_prepare_is_idempotent_and_refuses_other_settings(tmp_path: Path) -> Non
         prepare_campaign(Campaign(name="p1", akmc={"kmc_steps": 9}, package={"dist_dir": tmp_path / "dist"}),
                          tmp_path / "c")
     assert layout.campaign().package.dist_dir == tmp_path / "dist"
+
+
+def test_no_refit_when_the_training_set_did_not_grow(tmp_path: Path, cu_bulk_potential) -> None:
+    """The fit stage asked for generation N on the data generation N-1 was fitted on: no pacemaker run, gen N is
+    N-1's potential (so aKMC resumes its segment in place)."""
+    import shutil
+
+    from autopipec_fw.campaign import fit
+    from autopipec_fw.training.fit import latest_generation
+
+    layout = prepare_campaign(Campaign(name="nogrow", package={"dist_dir": tmp_path / "dist"}), tmp_path / "c")
+    layout.dataset.parent.mkdir(parents=True)
+    shutil.copyfile(cu_bulk_potential.training, layout.dataset)
+    layout.generations.mkdir()
+    shutil.copytree(cu_bulk_potential.generation.dir, layout.generations / "gen_000")
+    figures = fit(layout, 1)
+    gen = latest_generation(layout.generations)
+    assert gen is not None and gen.index == 1 and figures["generation"] == 1
+    assert gen.metrics["reused_from"] == 0 and figures["seconds"] < 10
+    assert gen.yaml.read_bytes() == (layout.generations / "gen_000" / "potential.yaml").read_bytes()

@@ -611,6 +611,7 @@ class Segment:
     time_before: float = 0.0
     started_from: dict[str, Any] | None = None
     created: str = ""
+    potential: str = ""  # sha256 of the potential file: the same potential again resumes this segment
 
     @property
     def path(self) -> Path:
@@ -669,6 +670,23 @@ class CampaignAkmc:
         return key + "#emt" if options is not None and options.client_potential == "emt" else key
 
     @staticmethod
+    def _potential_hash(generation_yaml: Path | str, options: EonRunOptions | None) -> str:
+        import hashlib
+
+        if options is not None and options.client_potential == "emt":
+            return "emt"
+        try:
+            return hashlib.sha256(Path(generation_yaml).read_bytes()).hexdigest()[:16]
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _same(seg: Segment, key: str, potential: str) -> bool:
+        if seg.potential and potential:
+            return seg.potential == potential
+        return seg.generation == key
+
+    @staticmethod
     def totals(seg: Segment) -> tuple[int, float]:
         """KMC steps and simulated time at the end of ``seg`` (its own plus those carried over)."""
         return (seg.kmc_steps_before + len(read_dynamics(seg.path)),
@@ -705,19 +723,21 @@ class CampaignAkmc:
         steps, simulated time, force calls, states, processes) are the campaign's, over all segments."""
         segs = self.segments()
         key = self._key(generation_yaml, options)
+        pot = self._potential_hash(generation_yaml, options)
         if segs and self.totals(segs[-1])[0] >= akmc.kmc_steps:
             return self._campaign_result(EonWrapper.summary(segs[-1].path, "completed"))
         if not segs:
             if atoms is None:
                 raise EonRunError(f"{self.root}: no eOn run yet; pass the starting structure")
             segs = [Segment(1, str(self.root / "runs" / "0001"), key,
-                            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))]
+                            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), potential=pot)]
             self._save(segs)
-        elif segs[-1].generation != key:
+        elif not self._same(segs[-1], key, pot):
             if not segs[-1].generation:  # a legacy folder without a recorded generation: adopt it
-                segs[-1].generation = key
+                segs[-1].generation, segs[-1].potential = key, pot
             else:
                 segs.append(self._next_segment(segs[-1], key))
+                segs[-1].potential = pot
                 log.info("aKMC: new segment %s for %s (from %s; %d KMC steps, %.3g s carried over)",
                          segs[-1].run_dir, key, segs[-1].started_from, segs[-1].kmc_steps_before,
                          segs[-1].time_before)
