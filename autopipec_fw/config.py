@@ -51,7 +51,7 @@ class StructureSettings(_Model):
         description="bulk cells: the atoms farthest from the defect held fixed in aKMC, so that eOn's dimer cannot "
         "follow the uniform translation of the whole cell (with no fixed atom, 5 of 12 searches in a 31-atom Al "
         "vacancy cell ended at max iterations following it; with one the lattice slid past it to a symmetry copy; "
-        "with 4 fixed, 5 of 6 were good at 100-215 force calls). None: 4 for vacancy_in_bulk, 0 otherwise",
+        "with 8 fixed, 14 of 16 were good at ~200 force calls). None: 8 for vacancy_in_bulk, 0 otherwise",
     )
     file: Path | None = Field(None, description="structure file read by ASE (kind: file)")
 

@@ -113,7 +113,7 @@ def read_structure_file(path: Path) -> Atoms:
     return atoms
 
 
-DEFAULT_FIXED_FAR_ATOMS = 4
+DEFAULT_FIXED_FAR_ATOMS = 8
 
 
 def fix_far_from(atoms: Atoms, site: Sequence[float], n: int) -> list[int]:

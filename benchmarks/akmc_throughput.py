@@ -4,9 +4,15 @@ evaluator) and (b) our client evaluating ACE in-process.
     .venv/bin/python benchmarks/akmc_throughput.py [--steps 1] [--modes ext_pot,inprocess] [--workdir DIR]
 
 Prints, per mode: wall time, force calls (counted by the driver / our client), wall per force call, time in
-the potential per force call; then the raw cost of the potential (`PyACECalculator` with its active set on the
+the potential per force call, and eOn's own search figures (searches per KMC step, share of good saddles, force
+calls per search, from states/*/search_results.txt); then the raw cost of the potential (`PyACECalculator` with its active set on the
 demo structure, median of 200 calls) and the ratios. Targets (issue 4): (b) at least 3x faster than (a);
 (b)'s in-potential cost per force call within 1.5x the raw cost.
+
+``--campaign DIR [DIR ...]`` prints only the search figures of finished campaign folders (all their eOn run
+folders: akmc/runs/*), e.g. the demo and al-vacancy before and after a change:
+
+    .venv/bin/python benchmarks/akmc_throughput.py --campaign campaigns/cu-adatom-demo campaigns/al-vacancy-demo
 
 The potential is the cached test fixture ``cu_surface`` (fitted on the first call, ~1-2 min) unless
 ``--potential P.yaml`` (with ``P.asi`` next to it) is given. Both modes use the same seeds and settings.
@@ -64,6 +70,37 @@ def raw_cost(yaml: Path, asi: Path, n: int = 300, procs: int = 1) -> dict[str, f
     return {"median": statistics.median(times), "mean": statistics.fmean(times)}
 
 
+def search_figures(run_dirs: list[Path]) -> dict:
+    """eOn's own counts over these run folders: searches per KMC step, good share, force calls per search."""
+    from autopipec_fw.eon.io import read_dynamics, search_statistics
+
+    searches = good = calls = steps = 0
+    by: dict[str, int] = {}
+    for rd in run_dirs:
+        st = search_statistics(rd)
+        searches += st["searches"]
+        good += st["by_result"].get("good", 0) + st["by_result"].get("repeat", 0)
+        calls += st["force_calls"]
+        steps += len(read_dynamics(rd))
+        for k, v in st["by_result"].items():
+            by[k] = by.get(k, 0) + v
+    return {
+        "runs": len(run_dirs), "kmc_steps": steps, "searches": searches,
+        "searches_per_kmc_step": searches / steps if steps else None,
+        "good_share": good / searches if searches else None,
+        "force_calls_per_search": calls / searches if searches else None, "by_result": by,
+    }
+
+
+def _fmt_search(f: dict) -> str:
+    def g(x, spec):
+        return "n/a" if x is None else format(x, spec)
+
+    return (f"eOn runs={f['runs']} kmc_steps={f['kmc_steps']} searches={f['searches']} "
+            f"searches/KMC step={g(f['searches_per_kmc_step'], '.1f')} good saddles={g(f['good_share'], '.0%')} "
+            f"force calls/search={g(f['force_calls_per_search'], '.0f')} outcomes={f['by_result']}")
+
+
 def run_mode(mode: str, workdir: Path, yaml: Path, asi: Path, steps: int, confidence: float) -> dict:
     from autopipec_fw.config import AkmcSettings, EonSettings, GammaSettings, StructureSettings
     from autopipec_fw.eon.akmc import run_akmc
@@ -101,6 +138,7 @@ def run_mode(mode: str, workdir: Path, yaml: Path, asi: Path, steps: int, confid
         if pot_s
         else None,
         "barriers": sorted(round(p["barrier"], 4) for p in rep["processes"]),
+        "search": search_figures([run_dir]),
         "trajectory": [(d["reactant"], d["product"], round(d["barrier"], 4)) for d in rep["trajectory"]],
     }
 
@@ -113,8 +151,15 @@ def main() -> int:
     ap.add_argument("--potential", type=Path, default=None)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--campaign", type=Path, nargs="+", default=None,
+                    help="only print the search figures of these campaign folders")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.campaign:
+        for c in args.campaign:
+            runs = sorted(p for p in (c / "akmc" / "runs").glob("[0-9][0-9][0-9][0-9]") if p.is_dir())
+            print(f"{c}: {_fmt_search(search_figures(runs))}")
+        return 0
 
     if args.potential is None:
         from tests.fixtures.potentials import build_cu_surface_potential
@@ -143,6 +188,7 @@ def main() -> int:
             ),
             flush=True,
         )
+        print(f"{'':10s} {_fmt_search(r['search'])}", flush=True)
     print(
         f"raw PyACECalculator (energy+forces+gamma, demo cell, 300 calls): 1 process median "
         f"{1e3 * raw1['median']:.3f} ms, mean {1e3 * raw1['mean']:.3f} ms; 2 processes at once: median "

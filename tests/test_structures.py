@@ -43,7 +43,16 @@ def test_fixed_layers_and_vacancy():
     with pytest.raises(StructureError, match="fixed_layers"):
         build_structure(StructureSettings(fixed_layers=4, size=(2, 2, 4)))
     vac = build_structure(StructureSettings(kind="vacancy_in_bulk", size=(2, 2, 2)))
-    assert len(vac) == 31 and not vac.constraints
+    assert len(vac) == 31
+    # the 8 atoms farthest from the vacancy are fixed (eOn's dimer must not follow a translation of the cell)
+    from ase.geometry import find_mic
+
+    fixed = sorted(vac.constraints[0].index)
+    _, dist = find_mic(vac.positions - np.array(vac.info["defect_site"]), vac.cell, True)
+    assert len(fixed) == 8 and min(dist[fixed]) >= max(np.delete(dist, fixed)) - 1e-9
+    assert not build_structure(StructureSettings(kind="vacancy_in_bulk", fixed_far_atoms=0)).constraints
+    with pytest.raises(StructureError, match="fixed_far_atoms"):
+        build_structure(StructureSettings(kind="vacancy_in_bulk", size=(1, 1, 1), fixed_far_atoms=3))
 
 
 def test_bridge_site_and_unknown_site():
