@@ -87,7 +87,12 @@ class InitialDataSettings(_Model):
     n_rattled: int = Field(10, ge=0, description="rattled bulk cells")
     rattle_stdev: float = Field(0.06, ge=0, description="Å")
     n_vacancy: int = Field(4, ge=0, description="rattled bulk cells with one vacancy")
-    n_surface: int = Field(6, ge=0, description="rattled copies of the campaign's own structure")
+    n_surface: int = Field(
+        40, ge=0,
+        description="structures made from the campaign's own structure (adatom slab: adatom positions along "
+        "hollow-bridge-top paths and the bare slab; vacancy: a neighbour part-way into the vacancy; otherwise "
+        "rattled copies): the region aKMC explores first. Measured on the demo: with 6 the first aKMC run stopped "
+        "at once and every stop paid a refit; with 40 the first potential already knows the hop paths")
     bulk_size: tuple[PosInt, PosInt, PosInt] = (2, 2, 2)
     seed: int = 42
 
@@ -114,9 +119,12 @@ class FitSettings(_Model):
 class GammaSettings(_Model):
     """Extrapolation grade thresholds (max per-atom gamma of a structure)."""
 
-    threshold: PosFloat = Field(5.0, description="above this the driver stops eOn")
-    select_lower: PosFloat = Field(2.0, description="between this and threshold: recorded, no stop")
-    max_selected: PosInt = Field(4, description="at most this many structures labelled per stop (K)")
+    threshold: PosFloat = Field(
+        3.0, description="above this the potential is not trusted: aKMC stops and the structure is labelled "
+        "(pacemaker's own recipe says ~5; measured on the demo: at 5 the learned hop came out 110 meV off, at 3 "
+        "the gate passed)")
+    select_lower: PosFloat = Field(1.5, description="between this and threshold: recorded as a candidate, no stop")
+    max_selected: PosInt = Field(6, description="at most this many structures labelled per stop (K)")
     max_candidates: PosInt = Field(
         40, description="at most this many select-band structures kept per stop as the pool the K labels are "
         "chosen from (D-optimal); stop structures are always kept")
@@ -162,7 +170,7 @@ class AkmcSettings(_Model):
     """eOn aKMC settings."""
 
     temperature: PosFloat = Field(300.0, description="K")
-    kmc_steps: PosInt = Field(4, description="KMC steps the campaign must complete")
+    kmc_steps: PosInt = Field(3, description="KMC steps the campaign must complete")
     confidence: float = Field(0.9, gt=0, lt=1)
     num_clients: PosInt = Field(2, description="clients run at once (local communicator)")
     searches_per_round: PosInt = Field(4, description="process searches per server round")
