@@ -414,6 +414,26 @@ def _gate_advice(result, campaign: Campaign, round: int) -> str:
     return "; ".join(out)
 
 
+def _pictures(runs, result) -> dict[str, Any]:
+    """What report.html draws: the campaign's starting structure and its dominant process (the lowest-barrier
+    process distinct by symmetry that the gate checked), from the eOn run folders."""
+    segs = runs.segments()
+    out: dict[str, Any] = {}
+    if segs:
+        out["start"] = str(segs[0].path / "pos.con")
+    if result.barriers:
+        b = result.barriers[0]
+        pd = Path(b.run) / "states" / str(b.state) / "procdata"
+        out["process"] = {
+            "name": b.name or "lowest process", "reactant": str(pd / f"reactant_{b.process}.con"),
+            "saddle": str(pd / f"saddle_{b.process}.con"), "product": str(pd / f"product_{b.process}.con"),
+            "caption": f"{b.name or 'process'}: barrier {b.eon_barrier:.3f} eV in eOn's table, "
+                       f"{b.learned_barrier:.3f} eV with the packaged potential (CI-NEB), {b.oracle_barrier:.3f} eV "
+                       f"with the oracle; seen {b.multiplicity} time(s) in states {b.states}",
+        }
+    return out
+
+
 class GateFailed(RuntimeError):
     """The potential did not graduate; nothing is packaged."""
 
@@ -441,10 +461,11 @@ def package(layout: CampaignLayout) -> dict[str, Any]:
     stops = [{"iteration": r["iteration"], "max_gamma": r.get("max_gamma"), "n_selected": r.get("n_selected"),
               "kmc_steps": r.get("kmc_steps")}
              for k, r in sorted(records.items()) if k.startswith("akmc_") and r.get("status") == "stopped"]
-    trajectory = layout.akmc_runs().trajectory()
+    runs = layout.akmc_runs()
+    trajectory = runs.trajectory()
     path = release_potential(
         campaign, gen, result, Path(campaign.package.dist_dir), training_set_size=len(TrainingSet(layout.dataset)),
-        generations=generations, stops=stops, kmc_trajectory=trajectory,
+        generations=generations, stops=stops, kmc_trajectory=trajectory, pictures=_pictures(runs, result),
     )
     return record_stage(layout, "package", {"package": str(path), "version": campaign.package.version,
                                             "generation": gen.index if gen else None})

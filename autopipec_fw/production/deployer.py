@@ -165,6 +165,7 @@ class ProductionDeployer:
         generations: Sequence[Mapping[str, Any]] = (),
         stops: Sequence[Any] = (),
         kmc_trajectory: Sequence[Mapping[str, Any]] = (),
+        pictures: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``dist/<name>-<version>.zip`` and return its path.
 
@@ -203,7 +204,8 @@ class ProductionDeployer:
             readme.write_text(readme_text(manifest), encoding="utf-8")
             bundle.append(readme)
             shown = manifest.with_files(bundle)
-            report = write_report(staging / "report.html", shown, result, generations, stops, kmc_trajectory)
+            report = write_report(staging / "report.html", shown, result, generations, stops, kmc_trajectory,
+                                  pictures=pictures)
             bundle.append(report)
             final_manifest = manifest.with_files(bundle)
             meta = final_manifest.write(staging / "metadata.json")
@@ -246,6 +248,7 @@ def release_potential(
     generations: Sequence[Mapping[str, Any]] = (),
     stops: Sequence[Any] = (),
     kmc_trajectory: Sequence[Mapping[str, Any]] = (),
+    pictures: Mapping[str, Any] | None = None,
     **manifest_overrides: Any,
 ) -> Path:
     """Manifest from the campaign + validation, then `ProductionDeployer(dist_dir).deploy(...)`.
@@ -264,5 +267,6 @@ def release_potential(
         campaign, result, training_set_size, generation=int(index) if index is not None else None, **manifest_overrides
     )
     return ProductionDeployer(dist_dir).deploy(
-        generation, manifest, result, generations=generations, stops=stops, kmc_trajectory=kmc_trajectory
+        generation, manifest, result, generations=generations, stops=stops, kmc_trajectory=kmc_trajectory,
+        pictures=pictures,
     )

@@ -183,6 +183,60 @@ def plot_kmc(trajectory: Sequence[Mapping[str, Any]]) -> str:
     return _img(_png(fig), "KMC trajectory")
 
 
+def _render(atoms: Any, ax: Any, title: str, highlight: Sequence[int] = ()) -> None:
+    from ase.visualize.plot import plot_atoms
+
+    a = atoms.copy()
+    a.set_constraint()
+    colors = ["#d62728" if i in set(highlight) else "#c9a66b" for i in range(len(a))]
+    slab = a.cell.rank == 3 and a.cell.lengths()[2] > 1.5 * max(a.cell.lengths()[:2])
+    plot_atoms(a, ax, rotation="0x,0y,0z" if slab else "15x,15y,0z", radii=0.6, colors=colors)
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def plot_structure(atoms: Any, title: str) -> str:
+    """A picture of one structure (top view for a slab)."""
+    fig, axes = _figure(1)
+    _render(atoms, axes[0][0], title)
+    return _img(_png(fig), title)
+
+
+def plot_process(reactant: Any, saddle: Any, product: Any, name: str) -> str:
+    """Initial, saddle and final configuration of a process, the atoms that move (> 0.5 Å) in red."""
+    import numpy as np
+    from ase.geometry import find_mic
+
+    d, _ = find_mic(product.positions - reactant.positions, reactant.cell, reactant.pbc)
+    moved = [int(i) for i in np.flatnonzero(np.linalg.norm(d, axis=1) > 0.5)]
+    fig, axes = _figure(3)
+    for ax, at, t in zip(axes[0], (reactant, saddle, product), ("initial", "saddle", "final"), strict=True):
+        _render(at, ax, f"{name}: {t}", moved)
+    return _img(_png(fig), f"{name}: initial, saddle, final")
+
+
+def _pictures(pictures: Mapping[str, Any] | None) -> list[str]:
+    """The starting structure and the dominant process, from .con paths (a missing file gives a note)."""
+    from autopipec_fw.eon.io import EonFormatError, read_con
+
+    pictures = dict(pictures or {})
+    out = ["<h2>Starting structure and dominant process</h2>"]
+    try:
+        if pictures.get("start"):
+            out.append(plot_structure(read_con(Path(pictures["start"])), "starting structure (aKMC)"))
+        proc = pictures.get("process")
+        if proc:
+            out.append(plot_process(read_con(Path(proc["reactant"])), read_con(Path(proc["saddle"])),
+                                    read_con(Path(proc["product"])), str(proc.get("name") or "process")))
+            if proc.get("caption"):
+                out.append(_note(str(proc["caption"])))
+    except (EonFormatError, OSError) as e:
+        out.append(_note(f"picture not drawn: {e}"))
+    if len(out) == 1:
+        out.append(_note("No aKMC structure was given: no pictures."))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- tables
 
 
@@ -197,17 +251,34 @@ def _fmt(v: Any, digits: int = 3) -> str:
 def barrier_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return _note("No aKMC process was checked against the oracle: no barrier table.")
-    head = "<tr><th>state</th><th>process</th><th>eOn barrier (eV)</th><th>ACE barrier (eV)</th>" \
-        "<th>oracle barrier (eV)</th><th>error (meV)</th><th>method</th><th>converged</th><th>note</th></tr>"
+    head = "<tr><th>process</th><th>multiplicity</th><th>states</th><th>state</th><th>eOn id</th>" \
+        "<th>eOn barrier (eV)</th><th>ACE barrier (eV)</th><th>oracle barrier (eV)</th><th>error (meV)</th>" \
+        "<th>method</th><th>converged</th><th>note</th></tr>"
     body = []
     for r in rows:
         err = r.get("error_meV")
         if err is None and _finite(r.get("learned_barrier")) and _finite(r.get("oracle_barrier")):
             err = 1000.0 * abs(r["learned_barrier"] - r["oracle_barrier"])
-        cells = [r.get("state"), r.get("process"), r.get("eon_barrier"), r.get("learned_barrier"),
-                 r.get("oracle_barrier"), err, r.get("method"), r.get("converged"), r.get("note", "")]
+        states = ", ".join(str(x) for x in r.get("states") or [])
+        cells = [r.get("name") or "", r.get("multiplicity", 1), states, r.get("state"), r.get("process"),
+                 r.get("eon_barrier"), r.get("learned_barrier"), r.get("oracle_barrier"), err, r.get("method"),
+                 r.get("converged"), r.get("note", "")]
         body.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def process_table(groups: Sequence[Mapping[str, Any]]) -> str:
+    """The kinetically relevant processes aKMC found, one row per process distinct by symmetry."""
+    if not groups:
+        return _note("aKMC found no kinetically relevant process.")
+    head = ("<tr><th>process</th><th>multiplicity (eOn processes)</th><th>states</th><th>lowest barrier (eV)</th>"
+            "<th>atoms moving</th><th>largest displacement (Å)</th></tr>")
+    body = []
+    for g in groups:
+        cells = [g.get("name"), g.get("multiplicity"), ", ".join(str(x) for x in g.get("states") or []),
+                 g.get("barrier"), g.get("moved_atoms"), g.get("hop_length")]
+        body.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    return f'<table class="processes">{head}{"".join(body)}</table>'
 
 
 def _kv_table(d: Mapping[str, Any]) -> str:
@@ -235,6 +306,7 @@ def render_report(
     stops: Sequence[Any] = (),
     kmc_trajectory: Sequence[Mapping[str, Any]] = (),
     title: str | None = None,
+    pictures: Mapping[str, Any] | None = None,
 ) -> str:
     """The HTML text of the report (see the module doc for the inputs)."""
     m = _as_dict(manifest)
@@ -264,13 +336,19 @@ def render_report(
         *(f'<p class="fail">{html.escape(f)}</p>' for f in v.get("failures", [])),
         "<h2>Learning curve per generation</h2>",
         plot_learning_curve(generations),
-        "<h2>Parity on the held-out set</h2>",
+        f"<h2>Parity on the held-out set (generation {html.escape(str(m.get('generation')))})</h2>",
         plot_parity(v.get("parity") or {}),
         "<h2>Maximum extrapolation grade per aKMC stop</h2>",
         plot_gamma(stops, limits.get("gamma_threshold")),
+        _note("Each stop is met by the generation the stop's aKMC run used (see the stops table of "
+              "metadata.json / akmc report)."),
         "<h2>KMC trajectory</h2>",
         plot_kmc(kmc_trajectory),
-        "<h2>Barriers: learned vs oracle</h2>",
+        _kmc_generations(kmc_trajectory),
+        *_pictures(pictures),
+        "<h2>Processes found (distinct by symmetry)</h2>",
+        process_table(v.get("processes") or []),
+        f"<h2>Barriers: learned (generation {html.escape(str(m.get('generation')))}) vs oracle</h2>",
         barrier_table(v.get("barriers") or []),
         "<h2>Limits of validity</h2>",
         _kv_table(limits) if limits else _note("No limits given."),
@@ -281,6 +359,27 @@ def render_report(
     return "\n".join(parts) + "\n"
 
 
+def _kmc_generations(trajectory: Sequence[Mapping[str, Any]]) -> str:
+    """Which generation's rates each KMC step was drawn from (one line per eOn segment)."""
+    spans: list[tuple[Any, Any, int, int]] = []
+    for r in trajectory:
+        seg, gen, step = r.get("segment"), r.get("generation"), int(r.get("step", 0))
+        if spans and spans[-1][0] == seg:
+            spans[-1] = (seg, gen, spans[-1][2], step)
+        else:
+            spans.append((seg, gen, step, step))
+    if not spans or spans[0][0] is None:
+        return ""
+    items = "".join(f"<li>KMC steps {a}-{b}: segment {seg}, rates from {html.escape(_gen_label(gen))}</li>"
+                    for seg, gen, a, b in spans)
+    return f'<ul class="kmc-generations">{items}</ul>'
+
+
+def _gen_label(gen: Any) -> str:
+    p = Path(str(gen))
+    return p.parent.name if p.name.startswith("potential") else str(gen)
+
+
 def write_report(
     path: Path,
     manifest: Any,
@@ -289,9 +388,10 @@ def write_report(
     stops: Sequence[Any] = (),
     kmc_trajectory: Sequence[Mapping[str, Any]] = (),
     title: str | None = None,
+    pictures: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write report.html (atomically) and return its path."""
-    text = render_report(manifest, validation, generations, stops, kmc_trajectory, title)
+    text = render_report(manifest, validation, generations, stops, kmc_trajectory, title, pictures)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

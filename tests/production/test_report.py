@@ -19,16 +19,27 @@ def test_full_report_is_self_contained(surface_validation, eon_run_dir, cu_bulk_
     m = ProductionManifest.from_campaign(Campaign(), surface_validation, training_set_size=34)
     gens = [cu_bulk_potential.generation.to_dict(), {"index": 1, "metrics": {"train_energy_rmse": 1.0, "test_force_rmse": 9.0}}]
     stops = [{"iteration": 0, "max_gamma": 31.0}, 8.5]
-    path = write_report(tmp_path / "report.html", m, surface_validation, gens, stops, read_dynamics(eon_run_dir))
+    row = surface_validation.barriers[0]
+    pd = eon_run_dir / "states" / str(row.state) / "procdata"
+    pictures = {"start": eon_run_dir / "states" / "0" / "reactant.con",
+                "process": {"name": row.name, **{k: pd / f"{k}_{row.process}.con"
+                                                  for k in ("reactant", "saddle", "product")}}}
+    traj = [{**r, "segment": 1, "generation": "/c/generations/gen_000/potential.yaml"}
+            for r in read_dynamics(eon_run_dir)]
+    path = write_report(tmp_path / "report.html", m, surface_validation, gens, stops, traj, pictures=pictures)
     html = path.read_text()
     imgs = _images(html)
-    assert set(imgs) == {"learning curve", "parity plots", "max gamma per stop", "KMC trajectory"}
+    assert set(imgs) == {"learning curve", "parity plots", "max gamma per stop", "KMC trajectory",
+                         "starting structure (aKMC)", "adatom hop: initial, saddle, final"}
     assert all(b.startswith(b"\x89PNG\r\n\x1a\n") for b in imgs.values())
     # nothing is fetched from elsewhere
     assert not re.search(r'(src|href)="(?!data:)', html)
     # the barrier table shows learned and oracle barriers of the checked process
-    row = surface_validation.barriers[0]
     assert f"{row.learned_barrier:.3f}" in html and f"{row.oracle_barrier:.3f}" in html
+    # processes named and counted by symmetry, as the gate counts them; each figure names its generation
+    assert "<td>adatom hop</td><td>3</td><td>0, 1</td>" in html
+    assert 'class="processes"' in html and "KMC steps 0-1: segment 1, rates from gen_000" in html
+    assert f"Parity on the held-out set (generation {m.generation})" in html
     assert "Validation gate: FAILED" in html and "max_barrier_error" in html
     assert m.name in html and m.oracle.settings_hash in html
 
