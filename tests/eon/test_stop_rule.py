@@ -42,7 +42,7 @@ def test_every_route_gets_the_same_rule(tmp_path, demo_atoms, mode):
         opts = _wrapper_options(w.run_dir / DRIVER_WRAPPER)
         assert float(opts["--gamma-max"]) == GAMMA.threshold
         assert float(opts["--gamma-select"]) == GAMMA.select_lower
-        assert int(opts["--max-selected"]) == GAMMA.max_selected
+        assert int(opts["--max-selected"]) == GAMMA.max_candidates  # the pool cap; K labels are chosen from it
         assert float(opts["--min-distance-factor"]) == GAMMA.min_distance_factor
         assert opts["--stop-file"] == str(w.stop_file) and opts["--candidates-dir"] == str(w.candidates_dir)
         # the options the driver resolves are the same policy

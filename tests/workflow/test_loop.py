@@ -28,7 +28,7 @@ def tiny_campaign(tmp_path: Path, name: str = "tiny-loop", upfit: bool = False) 
         initial_data={"n_strained": 6, "n_rattled": 6, "n_vacancy": 2, "n_surface": 0},
         fit={"number_of_functions": 12, "max_iterations": 60, "upfit_iterations": 30, "upfit": upfit},
         gamma={"threshold": 5.0, "select_lower": 2.0, "max_selected": 2},
-        akmc={"kmc_steps": 1, "max_iterations": 3, "num_clients": 2, "searches_per_round": 2},
+        akmc={"kmc_steps": 1, "max_iterations": 6, "num_clients": 2, "searches_per_round": 2},
         validation={"n_holdout": 3, "max_energy_rmse": 1000.0, "max_force_rmse": 10000.0,
                     "max_barrier_error": 10000.0, "max_barriers": 1},
         package={"name": "tiny-loop", "dist_dir": tmp_path / "dist"},
