@@ -3,7 +3,10 @@ files change), the stop policy, and the persistent evaluator that serves driver 
 
 One function, `answer` (`process_folder` with option resolution and one-line errors), answers one ext_pot call;
 the driver's fallback calls it in its own process (`run_folder`) and the evaluator for every forwarded request,
-so both give identical answers.
+so both give identical answers. `answer_text` / `run_text` do the same for a structure given on standard input.
+
+Before the potential sees a structure, `check_structure` and `LoadedPotential.check_size` refuse degenerate ones
+(exit 2, one line): see `MIN_DISTANCE` and the limits next to it.
 
 Public API for other stages:
 
@@ -60,6 +63,15 @@ DEFAULT_STOP_NAME = _pd.STOP_NAME
 DEFAULT_CANDIDATES_NAME = _pd.CANDIDATES_NAME
 DEFAULT_GAMMA_MAX = 5.0
 _MODULE = "autopipec_fw.eon.extpot.evaluator"
+
+# What the driver refuses as degenerate input (exit 2), checked in this order before pyace builds anything:
+MAX_Z = 118  # atomic numbers 1..118
+MAX_CELL_LENGTH = 1e5  # Å: longest box vector
+MIN_DISTANCE = 0.2  # Å: closest two atoms (periodic images included) and thinnest box; H2's bond is 0.74 Å
+MIN_VOLUME_PER_ATOM = 0.5  # Å^3: the densest solids have 2-6 Å^3 per atom
+MAX_CELLS_AWAY = 1000.0  # an atom further than this many box lengths outside the box is not from eOn
+MAX_EXTENDED_ATOMS = 1_000_000  # atoms + their periodic images within the cutoff (pyace time ~ its square)
+MAX_NEIGHBOUR_PAIRS = 10_000_000  # estimated neighbour pairs within the cutoff (~70 bytes each in pyace)
 _RAW_COMPUTE = True  # False: go through PyACECalculator.calculate (slower, same numbers)
 
 
@@ -91,7 +103,11 @@ class DriverOptions:
     @functools.cache  # noqa: B019 - options are few and immutable; the policy is reused call after call
     def policy(self) -> StopPolicy:
         return StopPolicy(
-            self.gamma_max, self.gamma_select, self.stop_file, self.candidates_dir, self.max_selected,
+            self.gamma_max,
+            self.gamma_select,
+            self.stop_file,
+            self.candidates_dir,
+            self.max_selected,
             self.min_distance_factor,
         )
 
@@ -147,7 +163,9 @@ def resolve_options(raw: dict[str, str], workdir: Path | str) -> DriverOptions:
     calls = Path(raw["calls-file"]) if raw.get("calls-file") else None
     mdf = _float_opt(raw, "min-distance-factor", None)
     if mdf is not None and mdf >= 1:
-        raise DriverError(_pd.EXIT_INPUT, f"{_opt_label('min-distance-factor')}: expected a number below 1, got {mdf}")
+        raise DriverError(
+            _pd.EXIT_INPUT, f"{_opt_label('min-distance-factor')}: expected a number below 1, got {mdf}"
+        )
     return DriverOptions(
         potential=potential,
         active_set=asi,
@@ -200,20 +218,29 @@ def parse_extpot_input(text: str, source: str = INPUT_NAME) -> tuple[np.ndarray,
                     f"{source} line {lineno}: atom needs 4 fields (Z x y z), got {len(f)}: truncated or malformed",
                 )
             try:
-                numbers[i - 3] = int(f[0])
+                z = int(f[0])
             except ValueError:
                 raise DriverError(
-                    _pd.EXIT_INPUT, f"{source} line {lineno}: atomic number {f[0]!r} is not an integer"
+                    _pd.EXIT_INPUT,
+                    f"{source} line {lineno}: atomic number {_short(f[0])!r} is not an integer",
                 ) from None
+            if not 1 <= z <= MAX_Z:
+                raise DriverError(
+                    _pd.EXIT_INPUT,
+                    f"{source} line {lineno}: atomic number {_short(f[0])} outside 1-{MAX_Z}",
+                )
+            numbers[i - 3] = z
             vals = f[1:]
         try:
             xyz = [float(v) for v in vals]
         except ValueError:
             bad = next(v for v in vals if not _is_float(v))
-            raise DriverError(_pd.EXIT_INPUT, f"{source} line {lineno}: {bad!r} is not a number") from None
+            raise DriverError(
+                _pd.EXIT_INPUT, f"{source} line {lineno}: {_short(bad)!r} is not a number"
+            ) from None
         if not all(math.isfinite(x) for x in xyz):
             raise DriverError(
-                _pd.EXIT_INPUT, f"{source} line {lineno}: non-finite coordinate in {line.strip()!r}"
+                _pd.EXIT_INPUT, f"{source} line {lineno}: non-finite coordinate in {_short(line.strip())!r}"
             )
         if i < 3:
             cell[i] = xyz
@@ -232,12 +259,19 @@ def _parse_fast(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     try:
         cell = np.array(rows[:3], dtype=float)
         at = np.array(rows[3:], dtype=float)
-        numbers = np.array([int(r[0]) for r in rows[3:]], dtype=int)
+        zs = [int(r[0]) for r in rows[3:]]
     except ValueError:
         return None
+    if not all(1 <= z <= MAX_Z for z in zs):
+        return None
+    numbers = np.array(zs, dtype=int)
     if not (np.isfinite(cell).all() and np.isfinite(at).all()) or abs(np.linalg.det(cell)) < 1e-9:
         return None
     return numbers, at[:, 1:].copy(), cell
+
+
+def _short(v: str, n: int = 40) -> str:
+    return v if len(v) <= n else v[: n - 3] + "..."
 
 
 def _is_float(v: str) -> bool:
@@ -246,6 +280,110 @@ def _is_float(v: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_structure(
+    numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, source: str = INPUT_NAME
+) -> None:
+    """Refuse (DriverError, exit 2) a structure no potential can answer meaningfully, in O(N) time and memory.
+
+    Checked in this order: box vector lengths (at most `MAX_CELL_LENGTH`), the box's thickness across each pair
+    of vectors (at least `MIN_DISTANCE`: else an atom is that close to its own image), the volume per atom (at
+    least `MIN_VOLUME_PER_ATOM`), every atom within `MAX_CELLS_AWAY` box lengths of the box, and no two atoms
+    (periodic images included) closer than `MIN_DISTANCE`.
+    """
+    n = len(numbers)
+    with np.errstate(all="ignore"):
+        lengths = np.linalg.norm(cell, axis=1)
+        for i, length in enumerate(lengths):
+            if not length <= MAX_CELL_LENGTH:
+                raise DriverError(
+                    _pd.EXIT_INPUT,
+                    f"{source} line {i + 1}: box vector {length:.3g} Å long, above {MAX_CELL_LENGTH:g} Å",
+                )
+        volume = abs(float(np.linalg.det(cell)))
+        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        heights = np.divide(volume, areas, out=np.zeros(3), where=areas > 0)
+        for i, h in enumerate(heights):
+            if not h >= MIN_DISTANCE:
+                raise DriverError(
+                    _pd.EXIT_INPUT,
+                    f"{source}: the box is {h:.3g} Å thick along box vector {i + 1} (line {i + 1}, "
+                    f"{lengths[i]:.3g} Å long), below {MIN_DISTANCE:g} Å: atoms would touch their own periodic images",
+                )
+        vpa = volume / n
+        if not vpa >= MIN_VOLUME_PER_ATOM:
+            raise DriverError(
+                _pd.EXIT_INPUT,
+                f"{source}: {vpa:.3g} Å^3 per atom ({n} atoms in {volume:.3g} Å^3), below {MIN_VOLUME_PER_ATOM:g} "
+                "Å^3: no physical density",
+            )
+        frac = np.linalg.solve(cell.T, positions.T).T
+        away = np.max(np.abs(frac - 0.5), axis=1) - 0.5
+        far = np.flatnonzero(~(away <= MAX_CELLS_AWAY))
+        if far.size:
+            i = int(far[0])
+            raise DriverError(
+                _pd.EXIT_INPUT,
+                f"{source} line {i + 4}: atom {i + 1} is {away[i]:.3g} box lengths outside the box (at most "
+                f"{MAX_CELLS_AWAY:g}): coordinates {positions[i].tolist()}",
+            )
+    d, i, j = closest_pair(frac - np.floor(frac), cell, heights, MIN_DISTANCE)
+    if d < MIN_DISTANCE:
+        raise DriverError(
+            _pd.EXIT_INPUT,
+            f"{source} lines {i + 4} and {j + 4}: atoms {i + 1} and {j + 1} are {d:.3g} Å apart (periodic images "
+            f"included), below {MIN_DISTANCE:g} Å",
+        )
+
+
+def closest_pair(
+    frac: np.ndarray, cell: np.ndarray, heights: np.ndarray, cutoff: float
+) -> tuple[float, int, int]:
+    """(distance, i, j) of the closest two distinct atoms with periodic images, when closer than ``cutoff``;
+    (inf, -1, -1) otherwise. ``frac``: fractional coordinates in [0, 1]; every height of the box >= ``cutoff``.
+
+    A pair closer than ``cutoff`` differs by less than ``cutoff / height`` in each fractional coordinate, so only
+    images of atoms that close to a face are needed (ghosts), and then a plain search among atoms and ghosts.
+    """
+    n = len(frac)
+    margin = cutoff / heights
+    idx = [np.arange(n)]
+    pts = [frac]
+    for s in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
+        if not s.any():
+            continue
+        ok = np.ones(n, dtype=bool)
+        for k in range(3):
+            if s[k] == 1:
+                ok &= frac[:, k] < margin[k]
+            elif s[k] == -1:
+                ok &= frac[:, k] > 1 - margin[k]
+        sel = np.flatnonzero(ok)
+        if sel.size:
+            idx.append(sel)
+            pts.append(frac[sel] + s)
+    owner = np.concatenate(idx)
+    xyz = np.concatenate(pts) @ cell
+    if n * len(owner) <= 400_000:
+        d2 = ((xyz[:n, None, :] - xyz[None, :, :]) ** 2).sum(axis=2)
+        d2[owner[None, :] == np.arange(n)[:, None]] = np.inf  # an atom and its own images (heights >= cutoff)
+        k = int(np.argmin(d2))
+        a, b = divmod(k, len(owner))
+        d = math.sqrt(float(d2[a, b]))
+        return (d, a, int(owner[b])) if d < cutoff else (math.inf, -1, -1)
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(xyz).query_pairs(cutoff, output_type="ndarray")
+    if not len(pairs):
+        return math.inf, -1, -1
+    pairs = pairs[owner[pairs[:, 0]] != owner[pairs[:, 1]]]
+    if not len(pairs):
+        return math.inf, -1, -1
+    dd = np.linalg.norm(xyz[pairs[:, 0]] - xyz[pairs[:, 1]], axis=1)
+    k = int(np.argmin(dd))
+    a, b = sorted((int(owner[pairs[k, 0]]), int(owner[pairs[k, 1]])))
+    return float(dd[k]), a, b
 
 
 def format_extpot_output(energy: float, forces: np.ndarray) -> str:
@@ -296,10 +434,39 @@ class LoadedPotential:
     calc: PyACECalculator
     numbers: frozenset[int]
     elements: tuple[str, ...]
+    cutoff: float = 0.0  # Å, the largest of the potential's radial cutoffs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def check_size(self, n_atoms: int, cell: np.ndarray, source: str = INPUT_NAME) -> None:
+        """Refuse (exit 2) a structure whose neighbour list pyace could not build in bounded time and memory.
+
+        pyace first makes every periodic image within the cutoff (``n * prod(2 ceil(rc / height) + 1)`` atoms; its
+        time grows with the square of that) and then the neighbour pairs (``n * density * 4/3 pi rc^3``).
+        """
+        rc = self.cutoff
+        if rc <= 0:
+            return
+        volume = abs(float(np.linalg.det(cell)))
+        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+        heights = volume / areas
+        extended = float(n_atoms) * math.prod(2 * math.ceil(rc / h) + 1 for h in heights)
+        if extended > MAX_EXTENDED_ATOMS:
+            raise DriverError(
+                _pd.EXIT_INPUT,
+                f"{source}: {n_atoms} atoms in a box {min(heights):.3g} Å thin make {extended:.3g} atoms with their "
+                f"periodic images within the cutoff {rc:g} Å (at most {MAX_EXTENDED_ATOMS:.0e}): use a thicker or "
+                "less skewed box",
+            )
+        pairs = float(n_atoms) * n_atoms / volume * 4.0 / 3.0 * math.pi * rc**3
+        if pairs > MAX_NEIGHBOUR_PAIRS:
+            raise DriverError(
+                _pd.EXIT_INPUT,
+                f"{source}: about {pairs:.3g} neighbour pairs within the cutoff {rc:g} Å ({n_atoms} atoms, "
+                f"{volume / n_atoms:.3g} Å^3 per atom; at most {MAX_NEIGHBOUR_PAIRS:.0e})",
+            )
+
     def evaluate(
-        self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray
+        self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, source: str = INPUT_NAME
     ) -> tuple[Any, float, Any, Any]:
         """(atoms, energy, forces, per-atom gamma) for one periodic structure."""
         from ase import Atoms
@@ -308,8 +475,9 @@ class LoadedPotential:
         if unknown:
             raise DriverError(
                 _pd.EXIT_INPUT,
-                f"atomic number(s) {unknown} in {INPUT_NAME} not in the potential's elements {list(self.elements)}",
+                f"atomic number(s) {unknown} in {source} not in the potential's elements {list(self.elements)}",
             )
+        self.check_size(len(numbers), cell, source)
         atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
         with self.lock:
             c = self.calc
@@ -357,8 +525,16 @@ def load_potential(yaml: Path, asi: Path) -> LoadedPotential:
 
     elements = tuple(str(e) for e in calc.basis.elements_name)
     nums = frozenset(atomic_numbers[e] for e in elements if e in atomic_numbers)
-    log.info("loaded potential %s (active set %s), elements %s", yaml, asi, elements)
-    return LoadedPotential(yaml, asi, sig, calc, nums, elements)
+    try:
+        cutoff = float(calc.cutoff)
+    except (AttributeError, TypeError, ValueError):
+        cutoff = 0.0
+    if not (math.isfinite(cutoff) and cutoff >= 0):
+        raise DriverError(
+            _pd.EXIT_POTENTIAL, f"potential {yaml} has a cutoff of {cutoff}: expected a finite radius"
+        )
+    log.info("loaded potential %s (active set %s), elements %s, cutoff %g Å", yaml, asi, elements, cutoff)
+    return LoadedPotential(yaml, asi, sig, calc, nums, elements, cutoff)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -410,14 +586,38 @@ def process_folder(workdir: Path | str, opts: DriverOptions, cache: PotentialCac
         out.unlink()
     src = workdir / INPUT_NAME
     try:
-        text = src.read_text()
+        with open(src, "rb") as fh:
+            data = fh.read(_pd.MAX_INPUT_BYTES + 1)
     except FileNotFoundError:
         raise DriverError(_pd.EXIT_INPUT, f"no {INPUT_NAME} in {workdir}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise DriverError(_pd.EXIT_INPUT, f"cannot read {src}: {_one_line(exc)}") from None
-    numbers, positions, cell = parse_extpot_input(text, str(src))
+    result, text = evaluate_text(_decode(data, str(src)), str(src), opts, cache)
+    if text is not None:
+        _atomic_write(out, text)
+    return result
+
+
+def _decode(data: bytes, source: str) -> str:
+    if len(data) > _pd.MAX_INPUT_BYTES:
+        raise DriverError(
+            _pd.EXIT_INPUT, f"{source} holds more than {_pd.MAX_INPUT_BYTES >> 20} MiB: not an eOn structure"
+        )
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise DriverError(_pd.EXIT_INPUT, f"{source} is not text: {_one_line(exc)}") from None
+
+
+def evaluate_text(
+    text: str, source: str, opts: DriverOptions, cache: PotentialCache
+) -> tuple[CallResult, str | None]:
+    """Parse, check, evaluate and apply the stop policy to one structure in eOn's format; the result and the text
+    of the answer (``from_extpot_to_eon``), None on a stop."""
+    numbers, positions, cell = parse_extpot_input(text, source)
+    check_structure(numbers, positions, cell, source)
     pot = cache.get(opts.potential, opts.active_set)
-    atoms, energy, forces, gamma = pot.evaluate(numbers, positions, cell)
+    atoms, energy, forces, gamma = pot.evaluate(numbers, positions, cell, source)
     mg = max_gamma_of(gamma)
     policy = opts.policy()
     stop = policy.record(atoms, gamma, energy, forces)
@@ -429,9 +629,8 @@ def process_folder(workdir: Path | str, opts: DriverOptions, cache: PotentialCac
             f"max gamma {mg:.4g} > {opts.gamma_max:g}: extrapolation stop; structure in {opts.candidates_dir}, "
             f"stop recorded in {opts.stop_file}",
             mg,
-        )
-    _atomic_write(out, format_extpot_output(energy, forces))
-    return CallResult(_pd.EXIT_OK, "", mg)
+        ), None
+    return CallResult(_pd.EXIT_OK, "", mg), format_extpot_output(energy, forces)
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -461,10 +660,36 @@ def answer(workdir: Path | str, raw: dict[str, str], cache: PotentialCache) -> C
         return CallResult(_pd.EXIT_INTERNAL, f"internal error: {_one_line(exc)}")
 
 
+STDIN_SOURCE = "standard input"
+
+
+def answer_text(
+    data: bytes, cwd: Path | str, raw: dict[str, str], cache: PotentialCache
+) -> tuple[CallResult, str]:
+    """One call whose structure came on standard input (bytes in eOn's format), run from the folder ``cwd``:
+    the result and the answer's text ("" on a stop or an error). Without ``run-dir``, the default stop file and
+    candidates folder are in ``cwd``."""
+    try:
+        opts = _resolve_cached(tuple(sorted(raw.items())), str(Path(cwd)))
+        result, text = evaluate_text(_decode(data, STDIN_SOURCE), STDIN_SOURCE, opts, cache)
+        return result, text or ""
+    except DriverError as exc:
+        return CallResult(exc.code, str(exc)), ""
+    except Exception as exc:  # anything unexpected: still one line, never a traceback
+        log.exception("driver call on standard input (in %s) failed", cwd)
+        return CallResult(_pd.EXIT_INTERNAL, f"internal error: {_one_line(exc)}"), ""
+
+
 def run_folder(workdir: str, raw: dict[str, str]) -> tuple[int, str]:
     """The driver's fallback: answer the call in this process."""
     r = answer(workdir, raw, _LOCAL_CACHE)
     return r.code, r.message
+
+
+def run_text(data: bytes, cwd: str, raw: dict[str, str]) -> tuple[int, str]:
+    """The driver's fallback for a structure on standard input: (code, ``message\\0result text``)."""
+    r, text = answer_text(data, cwd, raw, _LOCAL_CACHE)
+    return r.code, f"{r.message}\0{text}"
 
 
 # -------------------------------------------------------------------------------------------------- the server
@@ -616,11 +841,18 @@ class Evaluator:
         try:
             conn.settimeout(10.0)  # a client that connected and went silent delays the others this long
             chunks = []
+            size = 0
             while True:
-                b = conn.recv(65536)
+                b = conn.recv(1 << 20)
                 if not b:
                     break
                 chunks.append(b)
+                size += len(b)
+                if size > _pd.MAX_INPUT_BYTES + (1 << 20):
+                    conn.sendall(
+                        f"{_pd.EXIT_INPUT} request larger than {_pd.MAX_INPUT_BYTES >> 20} MiB".encode()
+                    )
+                    return
             reply, result = self._dispatch(b"".join(chunks))
             conn.sendall(reply.encode())
             if result is not None:
@@ -630,20 +862,30 @@ class Evaluator:
         finally:
             conn.close()
 
+    def _options(self, parts: list[str]) -> dict[str, str]:
+        req = {}
+        for kv in parts:
+            k, _, v = kv.partition("=")
+            if k in _pd.OPTIONS and k not in _pd.LOCAL_OPTIONS:
+                req[k] = v
+        raw = dict(self.defaults)
+        if "potential" in req:  # another potential: its own active set, not the default one
+            raw.pop("active-set", None)
+        raw.update(req)
+        return raw
+
     def _dispatch(self, data: bytes) -> tuple[str, CallResult | None]:
+        if data.startswith(b"EVALTEXT\0"):
+            head, _, text = data.partition(b"\0\0")
+            parts = head.decode("utf-8", "surrogateescape").split("\0")
+            if len(parts) < 2:
+                return f"{_pd.EXIT_INTERNAL} malformed request", None
+            r, out = answer_text(text, parts[1], self._options(parts[2:]), self.cache)
+            return f"{r.code} {r.message}\0{out}", r
         parts = data.decode("utf-8", "surrogateescape").split("\0")
         verb = parts[0]
         if verb == "EVAL" and len(parts) >= 2:
-            req = {}
-            for kv in parts[2:]:
-                k, _, v = kv.partition("=")
-                if k in _pd.OPTIONS:
-                    req[k] = v
-            raw = dict(self.defaults)
-            if "potential" in req:  # another potential: its own active set, not the default one
-                raw.pop("active-set", None)
-            raw.update(req)
-            r = answer(parts[1], raw, self.cache)
+            r = answer(parts[1], self._options(parts[2:]), self.cache)
             return f"{r.code} {r.message}", r
         if verb == "PING":
             return f"0 {os.getpid()}", None
@@ -957,7 +1199,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--run-dir", required=True, type=Path)
     for name in _pd.OPTIONS:
-        if name not in ("run-dir", "socket", "fallback", "timeout"):
+        if name != "run-dir" and name not in _pd.LOCAL_OPTIONS:
             ap.add_argument(f"--{name}")
     ap.add_argument("--socket", help="socket path (default <run-dir>/pace_evaluator.sock)")
     ap.add_argument("--idle-timeout", type=float, default=None)
@@ -995,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = {}
     for name in _pd.OPTIONS:
         v = getattr(a, name.replace("-", "_"), None)
-        if v is not None and name not in ("socket", "fallback", "timeout"):
+        if v is not None and name not in _pd.LOCAL_OPTIONS:
             defaults[name] = str(Path(v).absolute()) if _pd.OPTIONS[name][1] else str(v)
     ev = Evaluator(a.run_dir, defaults, a.socket, a.idle_timeout, a.watch_pid)
     try:

@@ -7,7 +7,9 @@ stop file; bad input `EXIT_INPUT`, a bad potential `EXIT_POTENTIAL`, anything el
 
 Our side: the driver forwards a call to the evaluator over a Unix socket (`socket_path_for`): one request
 ``EVAL\0<call folder>\0key=value...`` (`encode_request`), one reply ``<exit code> <one-line message>``
-(`forward`). `OPTIONS` lists the driver's options with their environment variables.
+(`forward`). A structure given on standard input goes as ``EVALTEXT\0<current folder>\0key=value...\0\0<text>``;
+its reply carries the result after the message: ``<exit code> <message>\0<result text>`` (`split_text_reply`).
+`OPTIONS` lists the driver's options with their environment variables.
 
 This module is imported by the driver on every force call: it must import nothing but ``posix`` and ``sys``
 at module level (``os`` alone costs milliseconds there).
@@ -18,6 +20,7 @@ import posix
 INPUT_NAME = "from_eon_to_extpot"
 OUTPUT_NAME = "from_extpot_to_eon"
 SOCKET_NAME = "pace_evaluator.sock"
+MAX_INPUT_BYTES = 64 << 20  # a bigger structure file (~800,000 atoms) is refused before it is read
 STOP_NAME = "pace_stop"  # default stop file (in the run folder)
 CANDIDATES_NAME = "pace_candidates"  # default candidates folder (in the run folder)
 
@@ -60,8 +63,21 @@ OPTIONS = {
     ),
     "socket": ("PACE_DRIVER_SOCKET", True, "evaluator socket (default <run-dir>/pace_evaluator.sock)"),
     "fallback": ("PACE_DRIVER_FALLBACK", False, "1 (default): load the potential when no evaluator answers"),
-    "timeout": ("PACE_DRIVER_TIMEOUT", False, "seconds to wait for the evaluator's answer (default 600)"),
+    "timeout": (
+        "PACE_DRIVER_TIMEOUT",
+        False,
+        "seconds to wait for the evaluator's answer, and for standard input (default 600)",
+    ),
+    "io": (
+        "PACE_DRIVER_IO",
+        False,
+        f"auto (default): the structure on standard input when it is redirected from a file, or piped in and no "
+        f"{INPUT_NAME} is in the current folder, answer on standard output; files: eOn's {INPUT_NAME} / "
+        f"{OUTPUT_NAME}; stdin: always standard input / output",
+    ),
 }
+LOCAL_OPTIONS = ("socket", "fallback", "timeout", "io")  # the driver's own: never sent to the evaluator
+IO_MODES = ("auto", "files", "stdin")
 
 
 class UsageError(Exception):
@@ -147,13 +163,66 @@ def socket_path_for(run_dir):
     return os.path.join(base, f"autopipec-{os.getuid()}", h + ".sock")
 
 
-def encode_request(workdir, opts):
-    parts = ["EVAL", workdir]
+def encode_request(workdir, opts, text=None):
+    """``EVAL`` (eOn's files in ``workdir``), or ``EVALTEXT`` with the structure ``text`` (bytes) after ``\\0\\0``."""
+    parts = ["EVAL" if text is None else "EVALTEXT", workdir]
     for k, v in opts.items():
-        if k in ("socket", "fallback", "timeout"):
+        if k in LOCAL_OPTIONS:
             continue
         parts.append(k + "=" + v)
-    return "\0".join(parts).encode("utf-8", "surrogateescape")
+    head = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return head if text is None else head + b"\0\0" + text
+
+
+def split_text_reply(message):
+    """An ``EVALTEXT`` reply's message: (one-line message, the result text for standard output)."""
+    msg, _, out = message.partition("\0")
+    return msg, out
+
+
+def choose_io(mode, stdin_fd=0):
+    """Return "files" or "stdin" for the ``--io`` option ``mode`` (see `OPTIONS`), from what standard input is."""
+    if mode != "auto":
+        return mode
+    try:
+        st = posix.fstat(stdin_fd)
+    except OSError:
+        return "files"  # closed
+    kind = st.st_mode & 0o170000
+    here = _exists(INPUT_NAME)
+    if kind == 0o100000:  # a regular file: `pace_driver.py < from_eon_to_extpot`
+        return "files" if (st.st_size == 0 and here) else "stdin"
+    if kind in (0o010000, 0o140000):  # a pipe or socket: eOn's own stdin may be one, so its folder wins
+        return "files" if here else "stdin"
+    return "files"  # a terminal, /dev/null
+
+
+def _exists(name):
+    try:
+        posix.stat(name)
+    except OSError:
+        return False
+    return True
+
+
+def read_stdin(timeout, fd=0):
+    """Standard input as bytes (at most MAX_INPUT_BYTES + 1); raises TimeoutError when nothing more arrives for
+    ``timeout`` seconds."""
+    import select
+
+    chunks = []
+    size = 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while size <= MAX_INPUT_BYTES:
+        if not poller.poll(int(timeout * 1000)):
+            raise TimeoutError(f"nothing arrived on standard input for {timeout:g} s")
+        b = posix.read(fd, min(1 << 20, MAX_INPUT_BYTES + 1 - size))
+        if not b:
+            break
+        chunks.append(b)
+        size += len(b)
+    return b"".join(chunks)
 
 
 def forward(sock_path, payload, timeout):
