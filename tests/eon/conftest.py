@@ -74,8 +74,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=300)
+def run(cmd: list[str], cwd: Path, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in ``cwd``; standard input is ``stdin`` (piped) or /dev/null, as eOn's usually is."""
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=clean_env(**env),
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @dataclass

@@ -238,7 +238,7 @@ BAD_INPUTS = {
     "inf-box": (_replace_line(_good_text(), 0, "inf\t0\t0\n"), "non-finite"),
     "non-integer-Z": (_replace_line(_good_text(), 5, "Cu\t1.0\t1.0\t2.0\n"), "not an integer"),
     "unknown-Z": (_replace_line(_good_text(), 5, "79\t1.0\t1.0\t2.0\n"), "[79]"),
-    "impossible-Z": (_replace_line(_good_text(), 5, "0\t1.0\t1.0\t2.0\n"), "[0]"),
+    "impossible-Z": (_replace_line(_good_text(), 5, "0\t1.0\t1.0\t2.0\n"), "atomic number 0 outside 1-118"),
     "zero-volume-box": (_replace_line(_good_text(), 2, "0\t0\t0\n"), "zero volume"),
 }
 
