@@ -272,6 +272,15 @@ def _parse_fast(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     return numbers, at[:, 1:].copy(), cell
 
 
+def _near(x: float, limit: float) -> str:
+    """``x`` with enough digits not to print as ``limit`` (0.19996 against 0.2)."""
+    for d in range(3, 9):
+        t = f"{x:.{d}g}"
+        if t != f"{limit:.{d}g}":
+            return t
+    return repr(x)
+
+
 def _short(v: str, n: int = 40) -> str:
     return v if len(v) <= n else v[: n - 3] + "..."
 
@@ -310,14 +319,14 @@ def check_structure(
             if not h >= MIN_DISTANCE:
                 raise DriverError(
                     _pd.EXIT_INPUT,
-                    f"{source}: the box is {h:.3g} Å thick along box vector {i + 1} (line {i + 1}, "
+                    f"{source}: the box is {_near(h, MIN_DISTANCE)} Å thick along box vector {i + 1} (line {i + 1}, "
                     f"{lengths[i]:.3g} Å long), below {MIN_DISTANCE:g} Å: atoms would touch their own periodic images",
                 )
         vpa = volume / n
         if not vpa >= MIN_VOLUME_PER_ATOM:
             raise DriverError(
                 _pd.EXIT_INPUT,
-                f"{source}: {vpa:.3g} Å^3 per atom ({n} atoms in {volume:.3g} Å^3), below {MIN_VOLUME_PER_ATOM:g} "
+                f"{source}: {_near(vpa, MIN_VOLUME_PER_ATOM)} Å^3 per atom ({n} atoms in {volume:.3g} Å^3), below {MIN_VOLUME_PER_ATOM:g} "
                 "Å^3: no physical density",
             )
         frac = np.linalg.solve(cell.T, positions.T).T
@@ -334,7 +343,7 @@ def check_structure(
     if d < MIN_DISTANCE:
         raise DriverError(
             _pd.EXIT_INPUT,
-            f"{source} lines {i + 4} and {j + 4}: atoms {i + 1} and {j + 1} are {d:.3g} Å apart (periodic images "
+            f"{source} lines {i + 4} and {j + 4}: atoms {i + 1} and {j + 1} are {_near(d, MIN_DISTANCE)} Å apart (periodic images "
             f"included), below {MIN_DISTANCE:g} Å",
         )
 
