@@ -14,7 +14,7 @@ from autopipec_fw.eon.extpot import evaluator as ev
 from autopipec_fw.eon.extpot import pace_driver
 from autopipec_fw.eon.extpot.evaluator import DriverError, LoadedPotential, check_structure, closest_pair
 
-from .conftest import adatom_slab, eon_input_text, run, write_input
+from .conftest import adatom_slab, eon_input_text, read_output, reference, run, write_input
 
 OUT = pace_driver.OUTPUT_NAME
 
@@ -43,7 +43,6 @@ DEGENERATE = {
         _box(7.6, 7.6, 7.6) + "29\t0.05\t1\t1\n29\t7.5\t1\t1\n",
         "0.15 Å apart (periodic images included)",
     ),
-    "skewed-thin": ("20\t0\t0\n0\t20\t0\n5\t5\t0.1\n29\t1\t1\t0\n", "0.1 Å thick along box vector 3"),
     "dense": (
         _box(1.0, 1.0, 1.0) + "29\t0\t0\t0\n29\t0.5\t0.5\t0\n29\t0.5\t0\t0.5\n29\t0\t0.5\t0.5\n",
         "Å^3 per atom",
@@ -98,6 +97,30 @@ def test_physical_structures_pass(tmp_path, daemon):
         r = run([str(daemon.wrapper), "--gamma-max", "1e12"], wd)
         assert r.returncode == 0, (i, r.stderr)
         assert (wd / OUT).exists()
+
+
+def test_equivalent_boxes_give_the_same_answer(tmp_path, daemon, cu_surface_potential):
+    """Boxes pyace refuses as they are (left-handed: "Extreme shape of unit cell"; strongly skewed: "inv3x3:
+    Matrix inversion is wrong") are the same lattice as a reduced box: the driver answers as for the plain one."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 1))
+    atoms.rattle(0.05, seed=3)
+    e_ref, f_ref, _ = reference(cu_surface_potential, atoms)
+    a, b, c = atoms.cell.array
+    boxes = {
+        "left-handed": np.array([a, b, -c]),
+        "all-negative": -atoms.cell.array,
+        "skewed": np.array([a + 7 * b - 40 * c, b + 3 * c, c]),
+    }
+    for name, box in boxes.items():
+        other = Atoms(atoms.numbers, positions=atoms.positions, cell=box, pbc=True)
+        wd = write_input(tmp_path / name, other)
+        r = run([str(daemon.wrapper), "--gamma-max", "1e12"], wd)
+        assert r.returncode == 0, (name, r.stderr)
+        e, f = read_output(wd)
+        assert abs(e - e_ref) <= 1e-6, name
+        np.testing.assert_allclose(f, f_ref, rtol=0, atol=1e-6, err_msg=name)
 
 
 def _random_cell(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -295,13 +295,14 @@ def _is_float(v: str) -> bool:
 
 def check_structure(
     numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, source: str = INPUT_NAME
-) -> None:
-    """Refuse (DriverError, exit 2) a structure no potential can answer meaningfully, in O(N) time and memory.
+) -> np.ndarray:
+    """Refuse (DriverError, exit 2) a structure no potential can answer meaningfully, in O(N) time and memory;
+    return the box to evaluate with (`lattice_basis`: the same lattice, so the same energy and forces).
 
-    Checked in this order: box vector lengths (at most `MAX_CELL_LENGTH`), the box's thickness across each pair
-    of vectors (at least `MIN_DISTANCE`: else an atom is that close to its own image), the volume per atom (at
-    least `MIN_VOLUME_PER_ATOM`), every atom within `MAX_CELLS_AWAY` box lengths of the box, and no two atoms
-    (periodic images included) closer than `MIN_DISTANCE`.
+    Checked in this order: box vector lengths (at most `MAX_CELL_LENGTH`), the lattice's thickness across each
+    pair of its vectors (at least `MIN_DISTANCE`: else an atom is that close to its own image), the volume per
+    atom (at least `MIN_VOLUME_PER_ATOM`), every atom within `MAX_CELLS_AWAY` box lengths of the box, and no two
+    atoms (periodic images included) closer than `MIN_DISTANCE`.
     """
     n = len(numbers)
     with np.errstate(all="ignore"):
@@ -312,22 +313,27 @@ def check_structure(
                     _pd.EXIT_INPUT,
                     f"{source} line {i + 1}: box vector {length:.3g} Å long, above {MAX_CELL_LENGTH:g} Å",
                 )
-        volume = abs(float(np.linalg.det(cell)))
-        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        heights = np.divide(volume, areas, out=np.zeros(3), where=areas > 0)
-        for i, h in enumerate(heights):
-            if not h >= MIN_DISTANCE:
-                raise DriverError(
-                    _pd.EXIT_INPUT,
-                    f"{source}: the box is {_near(h, MIN_DISTANCE)} Å thick along box vector {i + 1} (line {i + 1}, "
-                    f"{lengths[i]:.3g} Å long), below {MIN_DISTANCE:g} Å: atoms would touch their own periodic images",
-                )
+        basis = lattice_basis(cell)
+        volume = abs(float(np.linalg.det(basis)))
+        heights = box_heights(basis)
+        if not heights.min() >= MIN_DISTANCE:
+            given = box_heights(cell)
+            i = int(np.argmin(given))
+            if given[i] < MIN_DISTANCE:
+                h, where = given[i], f"along box vector {i + 1} (line {i + 1}, {lengths[i]:.3g} Å long)"
+            else:
+                h, where = heights.min(), "across its lattice planes (box reduced to its shortest vectors)"
+            raise DriverError(
+                _pd.EXIT_INPUT,
+                f"{source}: the box is {_near(h, MIN_DISTANCE)} Å thick {where}, below {MIN_DISTANCE:g} Å: "
+                "atoms would touch their own periodic images",
+            )
         vpa = volume / n
         if not vpa >= MIN_VOLUME_PER_ATOM:
             raise DriverError(
                 _pd.EXIT_INPUT,
-                f"{source}: {_near(vpa, MIN_VOLUME_PER_ATOM)} Å^3 per atom ({n} atoms in {volume:.3g} Å^3), below {MIN_VOLUME_PER_ATOM:g} "
-                "Å^3: no physical density",
+                f"{source}: {_near(vpa, MIN_VOLUME_PER_ATOM)} Å^3 per atom ({n} atoms in {volume:.3g} Å^3), "
+                f"below {MIN_VOLUME_PER_ATOM:g} Å^3: no physical density",
             )
         frac = np.linalg.solve(cell.T, positions.T).T
         away = np.max(np.abs(frac - 0.5), axis=1) - 0.5
@@ -339,13 +345,44 @@ def check_structure(
                 f"{source} line {i + 4}: atom {i + 1} is {away[i]:.3g} box lengths outside the box (at most "
                 f"{MAX_CELLS_AWAY:g}): coordinates {positions[i].tolist()}",
             )
-    d, i, j = closest_pair(frac - np.floor(frac), cell, heights, MIN_DISTANCE)
+        if basis is not cell:
+            frac = np.linalg.solve(basis.T, positions.T).T
+    d, i, j = closest_pair(frac - np.floor(frac), basis, heights, MIN_DISTANCE)
     if d < MIN_DISTANCE:
         raise DriverError(
             _pd.EXIT_INPUT,
-            f"{source} lines {i + 4} and {j + 4}: atoms {i + 1} and {j + 1} are {_near(d, MIN_DISTANCE)} Å apart (periodic images "
-            f"included), below {MIN_DISTANCE:g} Å",
+            f"{source} lines {i + 4} and {j + 4}: atoms {i + 1} and {j + 1} are {_near(d, MIN_DISTANCE)} Å apart "
+            f"(periodic images included), below {MIN_DISTANCE:g} Å",
         )
+    return basis
+
+
+def box_heights(cell: np.ndarray) -> np.ndarray:
+    """The box's thickness across each pair of its vectors (volume / area of the face the pair spans)."""
+    volume = abs(float(np.linalg.det(cell)))
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    return np.divide(volume, areas, out=np.zeros(3), where=areas > 0)
+
+
+def lattice_basis(cell: np.ndarray) -> np.ndarray:
+    """``cell`` itself when it is Minkowski-reduced and right-handed, else the same lattice in such a basis.
+
+    pyace refuses left-handed boxes ("Extreme shape of unit cell") and skewed ones ("inv3x3: Matrix inversion is
+    wrong", measured for box rows of 100 and 7,500 Å over 3 Å ones), and its neighbour list grows with
+    1 / thickness; a reduced basis of the same lattice has none of these problems and gives the same energy and
+    forces (the same periodic images).
+    """
+    from ase.geometry.minkowski_reduction import minkowski_reduce
+
+    try:
+        reduced, op = minkowski_reduce(cell, pbc=True)
+    except Exception:  # a degenerate box: the checks refuse it
+        return cell
+    a = np.abs(op)
+    if np.linalg.det(cell) > 0 and (a.sum(axis=0) == 1).all() and (a.sum(axis=1) == 1).all():
+        return cell  # already reduced: the same vectors, maybe reordered or negated
+    reduced = np.array(reduced, dtype=float)
+    return reduced if np.linalg.det(reduced) > 0 else -reduced
 
 
 def closest_pair(
@@ -458,8 +495,7 @@ class LoadedPotential:
         if rc <= 0:
             return
         volume = abs(float(np.linalg.det(cell)))
-        areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
-        heights = volume / areas
+        heights = box_heights(cell)
         extended = float(n_atoms) * math.prod(2 * math.ceil(rc / h) + 1 for h in heights)
         if extended > MAX_EXTENDED_ATOMS:
             raise DriverError(
@@ -477,9 +513,15 @@ class LoadedPotential:
             )
 
     def evaluate(
-        self, numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, source: str = INPUT_NAME
+        self,
+        numbers: np.ndarray,
+        positions: np.ndarray,
+        cell: np.ndarray,
+        source: str = INPUT_NAME,
+        basis: np.ndarray | None = None,
     ) -> tuple[Any, float, Any, Any]:
-        """(atoms, energy, forces, per-atom gamma) for one periodic structure."""
+        """(atoms, energy, forces, per-atom gamma) for one periodic structure; pyace sees the box ``basis`` (the
+        same lattice as ``cell``, see `lattice_basis`), the returned atoms have ``cell``."""
         from ase import Atoms
 
         unknown = sorted({int(z) for z in numbers} - self.numbers)
@@ -488,19 +530,28 @@ class LoadedPotential:
                 _pd.EXIT_INPUT,
                 f"atomic number(s) {unknown} in {source} not in the potential's elements {list(self.elements)}",
             )
-        self.check_size(len(numbers), cell, source)
+        basis = cell if basis is None else basis
+        self.check_size(len(numbers), basis, source)
         atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+        seen = atoms if basis is cell else Atoms(numbers=numbers, positions=positions, cell=basis, pbc=True)
         with self.lock:
             c = self.calc
             if _RAW_COMPUTE and hasattr(c, "ace") and hasattr(c, "get_atomic_env"):
                 # what PyACECalculator.calculate does for energy, forces and gamma, without its ASE
                 # bookkeeping (atoms copy, stress, per-atom energies): ~0.4 ms less per call, same numbers
-                c.ace.compute(c.get_atomic_env(atoms), compute_projections=True)
+                try:
+                    env = c.get_atomic_env(seen)
+                except (RuntimeError, ValueError) as exc:  # pyace's own refusals of a geometry
+                    raise DriverError(
+                        _pd.EXIT_INPUT,
+                        f"{source}: pyace cannot build this structure's neighbour list: {_one_line(exc)}",
+                    ) from None
+                c.ace.compute(env, compute_projections=True)
                 energy = float(c.ace.energy)
                 forces = np.array(c.ace.forces, dtype=float)
                 gamma = np.array(c.ace.gamma_grade, dtype=float)
             else:
-                c.calculate(atoms, properties=["energy", "forces"])
+                c.calculate(seen, properties=["energy", "forces"])
                 res = c.results
                 energy = float(res["energy"])
                 forces = np.array(res["forces"], dtype=float)
@@ -626,9 +677,9 @@ def evaluate_text(
     """Parse, check, evaluate and apply the stop policy to one structure in eOn's format; the result and the text
     of the answer (``from_extpot_to_eon``), None on a stop."""
     numbers, positions, cell = parse_extpot_input(text, source)
-    check_structure(numbers, positions, cell, source)
+    basis = check_structure(numbers, positions, cell, source)
     pot = cache.get(opts.potential, opts.active_set)
-    atoms, energy, forces, gamma = pot.evaluate(numbers, positions, cell, source)
+    atoms, energy, forces, gamma = pot.evaluate(numbers, positions, cell, source, basis)
     mg = max_gamma_of(gamma)
     policy = opts.policy()
     stop = policy.record(atoms, gamma, energy, forces)
