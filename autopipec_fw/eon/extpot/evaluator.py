@@ -248,7 +248,7 @@ def parse_extpot_input(text: str, source: str = INPUT_NAME) -> tuple[np.ndarray,
             cell[i] = xyz
         else:
             pos[i - 3] = xyz
-    if abs(np.linalg.det(cell)) < 1e-9:
+    if not abs(_det(cell)) >= 1e-9:
         raise DriverError(_pd.EXIT_INPUT, f"{source}: the box (lines 1-3) has zero volume")
     return numbers, pos, cell
 
@@ -267,9 +267,14 @@ def _parse_fast(lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     if not all(1 <= z <= MAX_Z for z in zs):
         return None
     numbers = np.array(zs, dtype=int)
-    if not (np.isfinite(cell).all() and np.isfinite(at).all()) or abs(np.linalg.det(cell)) < 1e-9:
+    if not (np.isfinite(cell).all() and np.isfinite(at).all()) or not abs(_det(cell)) >= 1e-9:
         return None
     return numbers, at[:, 1:].copy(), cell
+
+
+def _det(cell: np.ndarray) -> float:
+    with np.errstate(all="ignore"):  # overflow in a huge box: inf, refused by the caller; never a warning
+        return float(np.linalg.det(cell))
 
 
 def _near(x: float, limit: float) -> str:
@@ -359,7 +364,7 @@ def check_structure(
 
 def box_heights(cell: np.ndarray) -> np.ndarray:
     """The box's thickness across each pair of its vectors (volume / area of the face the pair spans)."""
-    volume = abs(float(np.linalg.det(cell)))
+    volume = abs(_det(cell))
     areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
     return np.divide(volume, areas, out=np.zeros(3), where=areas > 0)
 
@@ -494,7 +499,7 @@ class LoadedPotential:
         rc = self.cutoff
         if rc <= 0:
             return
-        volume = abs(float(np.linalg.det(cell)))
+        volume = abs(_det(cell))
         heights = box_heights(cell)
         extended = float(n_atoms) * math.prod(2 * math.ceil(rc / h) + 1 for h in heights)
         if extended > MAX_EXTENDED_ATOMS:
