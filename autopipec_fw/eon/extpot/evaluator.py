@@ -377,6 +377,8 @@ def lattice_basis(cell: np.ndarray) -> np.ndarray:
     1 / thickness; a reduced basis of the same lattice has none of these problems and gives the same energy and
     forces (the same periodic images).
     """
+    if (np.diagonal(cell) > 0).all() and not np.count_nonzero(cell - np.diag(np.diagonal(cell))):
+        return cell  # orthorhombic, as eOn's boxes usually are
     from ase.geometry.minkowski_reduction import minkowski_reduce
 
     try:
@@ -390,6 +392,11 @@ def lattice_basis(cell: np.ndarray) -> np.ndarray:
     return reduced if np.linalg.det(reduced) > 0 else -reduced
 
 
+_SHIFTS = np.array(
+    [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)]
+)
+
+
 def closest_pair(
     frac: np.ndarray, cell: np.ndarray, heights: np.ndarray, cutoff: float
 ) -> tuple[float, int, int]:
@@ -401,23 +408,12 @@ def closest_pair(
     """
     n = len(frac)
     margin = cutoff / heights
-    idx = [np.arange(n)]
-    pts = [frac]
-    for s in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
-        if not s.any():
-            continue
-        ok = np.ones(n, dtype=bool)
-        for k in range(3):
-            if s[k] == 1:
-                ok &= frac[:, k] < margin[k]
-            elif s[k] == -1:
-                ok &= frac[:, k] > 1 - margin[k]
-        sel = np.flatnonzero(ok)
-        if sel.size:
-            idx.append(sel)
-            pts.append(frac[sel] + s)
-    owner = np.concatenate(idx)
-    xyz = np.concatenate(pts) @ cell
+    lo, hi = frac < margin, frac > 1 - margin  # (n, 3): near the face at 0 / at 1 along each vector
+    s = _SHIFTS[:, None, :]
+    ok = ((s == 0) | ((s == 1) & lo) | ((s == -1) & hi)).all(axis=2)  # (26, n): which images are ghosts
+    which, atom = np.nonzero(ok)
+    owner = np.concatenate([np.arange(n), atom])
+    xyz = np.concatenate([frac, frac[atom] + _SHIFTS[which]]) @ cell
     if n * len(owner) <= 400_000:
         d2 = ((xyz[:n, None, :] - xyz[None, :, :]) ** 2).sum(axis=2)
         d2[owner[None, :] == np.arange(n)[:, None]] = np.inf  # an atom and its own images (heights >= cutoff)
