@@ -199,3 +199,50 @@ def test_silent_stdin_times_out(tmp_path, daemon):
     assert p.returncode == pace_driver.EXIT_INPUT, err
     assert "nothing arrived on standard input" in err
     assert 0.4 < elapsed < 10
+
+
+_EON_POINT = """
+import json, sys
+import numpy as np
+import pyeonclient as pec
+params = pec.Parameters()
+params.load("config.ini")
+pot = pec.make_potential(params)
+m = pec.Matter(pot, params)
+m.con2matter("pos.con")
+print(json.dumps({"energy": float(m.potential_energy), "forces": np.array(m.forces, dtype=float).tolist()}))
+"""
+
+
+def test_real_eon_ext_pot_with_a_pipe_on_stdin(tmp_path, daemon, cu_surface_potential):
+    """eOn's own ExtPot (pyeonclient) calls the driver while eOn's standard input is an open pipe that never
+    delivers: the driver must answer eOn's files, not wait on the pipe (it would time out after 5 s)."""
+    import json
+
+    from ase.io import read, write
+
+    atoms = adatom_slab(0.03, seed=45)
+    write(tmp_path / "pos.con", atoms, format="eon")
+    (tmp_path / "config.ini").write_text(
+        f"[Main]\njob = point\n\n[Potential]\npotential = ext_pot\next_pot_path = {daemon.wrapper}\n"
+    )
+    p = subprocess.Popen(
+        [PY, "-c", _EON_POINT],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(PACE_DRIVER_TIMEOUT="5"),
+        text=True,
+    )
+    try:
+        out, err = p.communicate(timeout=120)  # closes stdin only after the process has finished
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    got = json.loads(out.strip().splitlines()[-1])
+    seen = read(tmp_path / "pos.con", format="eon")  # what eOn read: .con keeps fewer digits
+    seen.pbc = True
+    e_ref, f_ref, _ = reference(cu_surface_potential, seen)
+    assert abs(got["energy"] - e_ref) <= 1e-6
+    np.testing.assert_allclose(np.array(got["forces"]), f_ref, rtol=0, atol=1e-6)
