@@ -200,8 +200,9 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
 
 
 def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
-    """Fit generation `generation` (0 and, by default, every later one: a fresh fit on the whole training set;
-    with `fit.upfit`: N continues from N-1). An existing generation is reused."""
+    """Fit generation `generation`: 0 from scratch; N > 0 by default a warm start from N-1 on the whole training
+    set, replaced by a fresh fit when it is worse than N-1 on N-1's data (`fit.warm_start_tolerance`; the better
+    of the two is kept); `fit.upfit: false` fits every generation afresh. An existing generation is reused."""
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
 
@@ -223,7 +224,7 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
             log.info("%s: training set unchanged since %s; its potential is reused (no refit)", gen_dir.name,
                      previous.name)
         else:
-            start = previous if campaign.fit.upfit else None  # a fresh fit on the whole set unless fit.upfit
+            start = previous if campaign.fit.upfit else None  # a warm start unless fit.upfit is off
             gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
                                  previous=start)
         timing = clock.figures()

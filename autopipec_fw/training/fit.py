@@ -346,29 +346,40 @@ def _fit_in(
     write_frame(frame, work / DATA_FILE)
     n_structures = len(frame)
     upfit = previous is not None
-    inp = pacemaker_input(
-        settings,
-        elements,
-        DATA_FILE,
-        n_structures,
-        upfit,
-        metadata={"generation": index, "previous": previous.index if previous else None},
-    )
-    atomic_write_text(work / "input.yaml", yaml.safe_dump(inp, sort_keys=False))
-    argv = [tool_path("pacemaker"), "input.yaml", "-o", POTENTIAL_YAML]
+    inp = _run_pacemaker(work, index, n_structures, settings, elements, previous, timeout)
+    warm: dict[str, Any] | None = None
     if previous is not None:
-        shutil.copyfile(previous.yaml, work / "previous_potential.yaml")
-        argv += ["-p", "previous_potential.yaml"]
-    log.info("%s: %s on %d structures", final.name, "upfit" if upfit else "fit", n_structures)
-    run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
-    if not (work / POTENTIAL_YAML).is_file():
-        raise FitError(f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}")
-    run_tool(
-        [tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE],
-        work,
-        settings.tf_threads,
-        "tools.out",
-    )
+        warm = _warm_start_check(work, previous, settings)
+        if warm["worse"]:
+            # keep the better of warm and fresh: the warm start's files go aside, a fresh fit runs in its place
+            log.warning("%s: the warm start is worse than %s on the data both saw (force RMSE %.1f vs %.1f meV/Å, "
+                        "energy RMSE %.2f vs %.2f meV/atom); fitting afresh", final.name, previous.name,
+                        warm["force_rmse"], warm["previous_force_rmse"], warm["energy_rmse"],
+                        warm["previous_energy_rmse"])
+            aside = work / "warm_start"
+            aside.mkdir()
+            for f in list(work.iterdir()):
+                if f.name not in (aside.name, DATA_FILE):
+                    os.rename(f, aside / f.name)
+            inp = _run_pacemaker(work, index, n_structures, settings, elements, None, timeout)
+            fresh = _shared_errors(work, _prediction_hashes(previous.dir))
+            warm["fresh_force_rmse"], warm["fresh_energy_rmse"] = fresh["force_rmse"], fresh["energy_rmse"]
+            if _score(fresh, warm) <= _score(warm, warm):
+                warm["kept"] = "fresh"
+                upfit = False
+            else:  # the fresh fit is no better: the warm start stays
+                warm["kept"] = "warm"
+                fresh_dir = work / "fresh_fit"
+                fresh_dir.mkdir()
+                for f in list(work.iterdir()):
+                    if f.name not in (aside.name, fresh_dir.name, DATA_FILE):
+                        os.rename(f, fresh_dir / f.name)
+                for f in list(aside.iterdir()):
+                    os.rename(f, work / f.name)
+                aside.rmdir()
+                inp["fit"]["maxiter"] = int(settings.upfit_iterations)
+        else:
+            warm["kept"] = "warm"
     # active set over every labelled structure (train and test split), all atoms: whatever the oracle
     # labelled counts as known, so the same candidates do not stop the next run again
     run_tool(
@@ -386,6 +397,7 @@ def _fit_in(
             "generation": index,
             "recipe_version": RECIPE_VERSION,
             "upfit": upfit,
+            "warm_start": warm,
             "previous": previous.index if previous else None,
             "n_structures": n_structures,
             "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
@@ -414,3 +426,92 @@ def _fit_in(
         metrics.get("test_energy_rmse"),
     )
     return gen
+
+
+def _run_pacemaker(work: Path, index: int, n_structures: int, settings: FitSettings, elements: list[str],
+                   previous: Generation | None, timeout: float | None) -> dict[str, Any]:
+    """One pacemaker fit in ``work`` (a warm start from ``previous`` via `pacemaker -p`, else from scratch), then
+    the .yace; returns the input it ran."""
+    upfit = previous is not None
+    inp = pacemaker_input(
+        settings,
+        elements,
+        DATA_FILE,
+        n_structures,
+        upfit,
+        metadata={"generation": index, "previous": previous.index if previous else None},
+    )
+    atomic_write_text(work / "input.yaml", yaml.safe_dump(inp, sort_keys=False))
+    argv = [tool_path("pacemaker"), "input.yaml", "-o", POTENTIAL_YAML]
+    if previous is not None:
+        shutil.copyfile(previous.yaml, work / "previous_potential.yaml")
+        argv += ["-p", "previous_potential.yaml"]
+    log.info("gen_%03d: %s on %d structures", index, "warm start" if upfit else "fit", n_structures)
+    run_tool(argv, work, settings.tf_threads, "pacemaker.out", timeout)
+    if not (work / POTENTIAL_YAML).is_file():
+        raise FitError(f"{work}: pacemaker finished without writing {POTENTIAL_YAML}; see {work / 'log.txt'}")
+    run_tool(
+        [tool_path("pace_yaml2yace"), POTENTIAL_YAML, "-o", POTENTIAL_YACE],
+        work,
+        settings.tf_threads,
+        "tools.out",
+    )
+    return inp
+
+
+def _predictions(gen_dir: Path) -> pd.DataFrame | None:
+    """pacemaker's predictions on a fitted folder's whole data (train and test split together)."""
+    parts = []
+    for name in ("train_pred.pckl.gzip", "test_pred.pckl.gzip"):
+        f = Path(gen_dir) / name
+        if f.exists():
+            parts.append(pd.read_pickle(f, compression="gzip"))
+    if not parts:
+        return None
+    df = pd.concat(parts, ignore_index=True)
+    return df if "structure_hash" in df else None
+
+
+def _prediction_hashes(gen_dir: Path) -> set[str]:
+    df = _predictions(gen_dir)
+    return set() if df is None else set(df["structure_hash"])
+
+
+def _shared_errors(gen_dir: Path, hashes: set[str]) -> dict[str, float]:
+    """Energy (meV/atom) and force (meV/Å) RMSE of a fitted folder's predictions on the structures in
+    ``hashes`` (NaN when none of them is in its data)."""
+    df = _predictions(gen_dir)
+    if df is None:
+        return {"energy_rmse": float("nan"), "force_rmse": float("nan"), "n_structures": 0}
+    df = df[df["structure_hash"].isin(hashes)]
+    if len(df) == 0:
+        return {"energy_rmse": float("nan"), "force_rmse": float("nan"), "n_structures": 0}
+    nat = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float)
+    de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)) / nat
+    df_f = np.concatenate([np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
+                           for p, r in zip(df["forces_pred"], df["forces"], strict=True)])
+    return {"energy_rmse": float(np.sqrt(np.mean(de**2)) * 1000.0),
+            "force_rmse": float(np.sqrt(np.mean(df_f**2)) * 1000.0), "n_structures": int(len(df))}
+
+
+def _score(errors: dict[str, Any], ref: dict[str, Any]) -> float:
+    """Energy and force RMSE on the shared data, each relative to the previous generation's: lower is better."""
+    return (errors["energy_rmse"] / max(ref["previous_energy_rmse"], 1e-6)
+            + errors["force_rmse"] / max(ref["previous_force_rmse"], 1e-6))
+
+
+def _warm_start_check(work: Path, previous: Generation, settings: FitSettings) -> dict[str, Any]:
+    """Is the warm start worse than ``previous`` on the data both saw (the previous generation's structures)?
+    Worse: an RMSE above ``settings.warm_start_tolerance`` x the previous one's plus a floor (0.5 meV/atom,
+    3 meV/Å: below that the difference is noise)."""
+    shared = _prediction_hashes(previous.dir)
+    new = _shared_errors(work, shared)
+    old = _shared_errors(previous.dir, shared)
+    tol = settings.warm_start_tolerance
+    worse = bool(
+        new["n_structures"] > 0 and old["n_structures"] > 0
+        and (new["force_rmse"] > tol * old["force_rmse"] + 3.0 or new["energy_rmse"] > tol * old["energy_rmse"] + 0.5)
+    )
+    return {"shared_structures": new["n_structures"], "energy_rmse": new["energy_rmse"],
+            "force_rmse": new["force_rmse"], "previous_energy_rmse": old["energy_rmse"],
+            "previous_force_rmse": old["force_rmse"], "tolerance": tol, "worse": worse}

@@ -121,12 +121,16 @@ def test_upfit_brings_candidate_gamma_below_threshold(cu_bulk_potential, tmp_pat
 
     gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0)
     assert gen1.index == 1 and gen1.dir == root / "gen_001"
-    assert gen1.metrics["upfit"] is True and gen1.metrics["previous"] == 0
+    assert gen1.metrics["previous"] == 0
+    ws = gen1.metrics["warm_start"]  # judged on the data both saw: gen_000's 34 structures
+    assert ws["shared_structures"] == 34 and ws["kept"] in ("warm", "fresh")
+    assert gen1.metrics["upfit"] is (ws["kept"] == "warm")
     assert gen1.metrics["n_structures"] == 34 + len(selected)
-    inp = yaml.safe_load((gen1.dir / "input.yaml").read_text())
-    assert inp["fit"]["maxiter"] == FIT.upfit_iterations
-    assert (gen1.dir / "previous_potential.yaml").read_text() == gen0.yaml.read_text()
-    assert "-p" in (gen1.dir / "pacemaker.out").read_text().splitlines()[0]
+    if ws["kept"] == "warm":
+        inp = yaml.safe_load((gen1.dir / "input.yaml").read_text())
+        assert inp["fit"]["maxiter"] == FIT.upfit_iterations
+        assert (gen1.dir / "previous_potential.yaml").read_text() == gen0.yaml.read_text()
+        assert "-p" in (gen1.dir / "pacemaker.out").read_text().splitlines()[0]
 
     g_after = max_gamma(selected, gen1)
     assert g_after.max() < threshold, g_after
@@ -135,3 +139,64 @@ def test_upfit_brings_candidate_gamma_below_threshold(cu_bulk_potential, tmp_pat
     assert {p.name: _digest(p) for p in gen0.dir.iterdir() if p.is_file()} == before
     assert latest_generation(root) == gen1
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["gen_000", "gen_001"]
+
+
+def _pred_frame(hashes: list[str], e_err: float, f_err: float) -> pd.DataFrame:
+    """Predictions with a known error: every structure 2 atoms, energy off by e_err eV/atom, forces by f_err."""
+    rows = []
+    for h in hashes:
+        f = np.zeros((2, 3))
+        rows.append({"structure_hash": h, "NUMBER_OF_ATOMS": 2, "energy_corrected": -1.0,
+                     "energy_pred": -1.0 + 2 * e_err, "forces": f, "forces_pred": f + f_err})
+    return pd.DataFrame(rows)
+
+
+def test_warm_start_judged_on_the_data_both_saw(tmp_path):
+    from autopipec_fw.training.fit import Generation, _shared_errors, _warm_start_check
+
+    prev, new = tmp_path / "gen_000", tmp_path / "work"
+    prev.mkdir()
+    new.mkdir()
+    _pred_frame(["a", "b"], 0.001, 0.010).to_pickle(prev / "train_pred.pckl.gzip", compression="gzip")
+    # the new fit: as good on a and b, much worse on the new structure c (which must not count)
+    pd.concat([_pred_frame(["a", "b"], 0.001, 0.010), _pred_frame(["c"], 0.1, 1.0)]).to_pickle(
+        new / "train_pred.pckl.gzip", compression="gzip")
+    g = Generation(index=0, dir=prev, yaml=prev / "p.yaml", yace=prev / "p.yace", asi=prev / "p.asi")
+    assert _shared_errors(new, {"a", "b"})["force_rmse"] == pytest.approx(10.0)
+    ok = _warm_start_check(new, g, FitSettings())
+    assert ok["worse"] is False and ok["shared_structures"] == 2
+    assert ok["energy_rmse"] == pytest.approx(1.0) and ok["previous_force_rmse"] == pytest.approx(10.0)
+    # worse on a and b by more than 1.25 x + 3 meV/Å: a fresh fit must be tried
+    pd.concat([_pred_frame(["a", "b"], 0.001, 0.020), _pred_frame(["c"], 0.0, 0.0)]).to_pickle(
+        new / "train_pred.pckl.gzip", compression="gzip")
+    assert _warm_start_check(new, g, FitSettings())["worse"] is True
+    assert _warm_start_check(new, g, FitSettings(warm_start_tolerance=2.0))["worse"] is False
+
+
+def test_a_worse_warm_start_is_replaced_by_the_better_fresh_fit(cu_bulk_potential, tmp_path, monkeypatch):
+    """When the warm start is judged worse, a fresh fit runs in its place and the better of the two (force RMSE on
+    the previous generation's data) is the generation; the other's files stay in the folder for inspection."""
+    import autopipec_fw.training.fit as fit_mod
+
+    root = tmp_path / "generations"
+    shutil.copytree(cu_bulk_potential.generation.dir, root / "gen_000")
+    gen0 = latest_generation(root)
+    data = tmp_path / "training.pckl.gzip"
+    shutil.copyfile(cu_bulk_potential.training, data)
+    real = fit_mod._warm_start_check
+    monkeypatch.setattr(fit_mod, "_warm_start_check", lambda *a: {**real(*a), "worse": True})
+    gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0)
+    ws = gen1.metrics["warm_start"]
+    assert ws["worse"] is True and ws["kept"] in ("warm", "fresh")
+    assert np.isfinite(ws["fresh_force_rmse"]) and np.isfinite(ws["force_rmse"])
+    def score(e, f):  # relative to gen_000 on its own data: lower is better
+        return e / ws["previous_energy_rmse"] + f / ws["previous_force_rmse"]
+
+    warm, fresh = score(ws["energy_rmse"], ws["force_rmse"]), score(ws["fresh_energy_rmse"], ws["fresh_force_rmse"])
+    better = "fresh" if fresh <= warm else "warm"
+    assert ws["kept"] == better
+    other = gen1.dir / ("warm_start" if better == "fresh" else "fresh_fit")
+    assert (other / "potential.yaml").is_file() and (gen1.dir / "potential.asi").is_file()
+    assert gen1.metrics["upfit"] is (better == "warm")
+    kept = fit_mod._shared_errors(gen1.dir, fit_mod._prediction_hashes(gen0.dir))
+    assert score(kept["energy_rmse"], kept["force_rmse"]) == pytest.approx(min(warm, fresh))
