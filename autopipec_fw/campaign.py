@@ -200,9 +200,9 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
 
 
 def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
-    """Fit generation `generation`: 0 from scratch; N > 0 by default a warm start from N-1 on the whole training
-    set, replaced by a fresh fit when it is worse than N-1 on N-1's data (`fit.warm_start_tolerance`; the better
-    of the two is kept); `fit.upfit: false` fits every generation afresh. An existing generation is reused."""
+    """Fit generation `generation` on the whole training set: 0 from scratch; N > 0 afresh by default (a warm
+    start from N-1 with `fit.upfit`), judged against N-1 on N-1's data: when worse (`fit.warm_start_tolerance`)
+    the other kind of fit runs too and the better is kept. An existing generation is reused."""
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
 
@@ -224,9 +224,8 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
             log.info("%s: training set unchanged since %s; its potential is reused (no refit)", gen_dir.name,
                      previous.name)
         else:
-            start = previous if campaign.fit.upfit else None  # a warm start unless fit.upfit is off
             gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
-                                 previous=start)
+                                 previous=previous, warm_start=campaign.fit.upfit)
         timing = clock.figures()
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,

@@ -107,18 +107,20 @@ class FitSettings(_Model):
     max_iterations: PosInt = Field(300, description="BFGS iterations of a fit from scratch (generation 0)")
     upfit_iterations: PosInt = Field(60, description="BFGS iterations of each warm start")
     upfit: bool = Field(
-        True,
-        description="later generations are warm starts: pacemaker continues from the previous generation's "
-        "potential (pacemaker -p) for upfit_iterations on the whole set. Measured on the demo's gen_001 data (70 "
-        "structures): warm start, 60 iterations, 26 s: test 1.03 meV/atom, 11.0 meV/Å; a fresh 300-iteration fit, "
-        "62 s: 2.65 meV/atom, 12.3 meV/Å; fresh with 60 iterations: 8.6 meV/atom, 30.0 meV/Å. False: every "
-        "generation is a fresh fit (max_iterations)",
+        False,
+        description="later generations are warm starts (pacemaker -p from the previous potential, "
+        "upfit_iterations) instead of fits from scratch (max_iterations). Off by default, by measurement on the "
+        "demo: a warm start alone fits well (gen_001 data: 60 iterations, 26 s, test 1.03 meV/atom / 11.0 meV/Å; "
+        "fresh 300 iterations, 62 s, 2.65 / 12.3), but the campaign with warm starts took 6 fits, 5 stops, 90 "
+        "labels and 456 s against 4 fits, 3 stops, 82 labels and 320 s with fresh fits: a warm start learns a new "
+        "region less (after a stop at gamma 6 it was 3.6 x worse on the old data) and the next run stops again",
     )
     warm_start_tolerance: float = Field(
         1.25, ge=1.0,
-        description="a warm start whose energy or force RMSE on the previous generation's structures exceeds this "
-        "x the previous generation's (plus 0.5 meV/atom / 3 meV/Å) is replaced by a fresh fit, and the better of "
-        "the two is kept: a generation is never worse than the one before on the data both saw")
+        description="a generation whose energy or force RMSE on the previous generation's structures exceeds this "
+        "x the previous generation's (plus 0.5 meV/atom / 3 meV/Å) is fitted the other way too (fresh <-> warm "
+        "start) and the better of the two is kept: a generation is not worse than the one before on the data "
+        "both saw unless neither way does better")
     kappa: float = Field(0.3, ge=0, le=1, description="force weight in the loss")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out by pacemaker")
     tf_threads: PosInt = Field(2, description="TensorFlow intra/inter-op threads")

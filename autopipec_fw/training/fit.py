@@ -278,8 +278,11 @@ def fit_generation(
     generations_root: Path,
     previous: Generation | None = None,
     timeout: float | None = None,
+    warm_start: bool = True,
 ) -> Generation:
-    """Fit (or, with `previous`, upfit from its potential via `pacemaker -p`) on the whole dataset.
+    """Fit on the whole dataset: from scratch, or with `previous` and `warm_start` continuing from its potential
+    (`pacemaker -p`). With `previous`, the fit is judged against it on its data (never worse: else the other kind
+    of fit runs too and the better is kept, `metrics["quality_check"]`).
 
     Returns the new Generation (next free index under `generations_root`), with .yaml, .yace, .asi and metrics.
     """
@@ -312,7 +315,8 @@ def fit_generation(
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         try:
-            return _fit_in(work, final, index, frame, settings, elements, previous, timeout, dataset_path)
+            return _fit_in(work, final, index, frame, settings, elements, previous, timeout, dataset_path,
+                           warm_start)
         except BaseException:
             kept = _set_aside(work, root)
             log.error("%s: fit failed; its folder is kept as %s", final.name, kept)
@@ -341,45 +345,40 @@ def _fit_in(
     previous: Generation | None,
     timeout: float | None,
     dataset_path: Path,
+    warm_start: bool = True,
 ) -> Generation:
     t0 = time.monotonic()
     write_frame(frame, work / DATA_FILE)
     n_structures = len(frame)
     upfit = previous is not None
-    inp = _run_pacemaker(work, index, n_structures, settings, elements, previous, timeout)
-    warm: dict[str, Any] | None = None
+    first = "warm" if previous is not None and warm_start else "fresh"
+    inp = _run_pacemaker(work, index, n_structures, settings, elements, previous if first == "warm" else None,
+                         timeout)
+    check: dict[str, Any] | None = None
     if previous is not None:
-        warm = _warm_start_check(work, previous, settings)
-        if warm["worse"]:
-            # keep the better of warm and fresh: the warm start's files go aside, a fresh fit runs in its place
-            log.warning("%s: the warm start is worse than %s on the data both saw (force RMSE %.1f vs %.1f meV/Å, "
-                        "energy RMSE %.2f vs %.2f meV/atom); fitting afresh", final.name, previous.name,
-                        warm["force_rmse"], warm["previous_force_rmse"], warm["energy_rmse"],
-                        warm["previous_energy_rmse"])
-            aside = work / "warm_start"
-            aside.mkdir()
-            for f in list(work.iterdir()):
-                if f.name not in (aside.name, DATA_FILE):
-                    os.rename(f, aside / f.name)
-            inp = _run_pacemaker(work, index, n_structures, settings, elements, None, timeout)
-            fresh = _shared_errors(work, _prediction_hashes(previous.dir))
-            warm["fresh_force_rmse"], warm["fresh_energy_rmse"] = fresh["force_rmse"], fresh["energy_rmse"]
-            if _score(fresh, warm) <= _score(warm, warm):
-                warm["kept"] = "fresh"
-                upfit = False
-            else:  # the fresh fit is no better: the warm start stays
-                warm["kept"] = "warm"
-                fresh_dir = work / "fresh_fit"
-                fresh_dir.mkdir()
-                for f in list(work.iterdir()):
-                    if f.name not in (aside.name, fresh_dir.name, DATA_FILE):
-                        os.rename(f, fresh_dir / f.name)
+        # never worse than the previous generation on the data both saw: else try the other kind, keep the better
+        check = {**_quality_check(work, previous, settings), "first": first, "kept": first}
+        if check["worse"]:
+            second = "fresh" if first == "warm" else "warm"
+            log.warning("%s: the %s fit is worse than %s on the data both saw (force RMSE %.1f vs %.1f meV/Å, "
+                        "energy RMSE %.2f vs %.2f meV/atom); trying a %s fit", final.name, first, previous.name,
+                        check["force_rmse"], check["previous_force_rmse"], check["energy_rmse"],
+                        check["previous_energy_rmse"], second)
+            aside = _move_aside(work, f"{first}_fit")
+            inp2 = _run_pacemaker(work, index, n_structures, settings, elements,
+                                  previous if second == "warm" else None, timeout)
+            errs = _shared_errors(work, _prediction_hashes(previous.dir))
+            check["second"] = second
+            check["second_energy_rmse"], check["second_force_rmse"] = errs["energy_rmse"], errs["force_rmse"]
+            if _score(errs, check) <= _score(check, check):
+                check["kept"], inp = second, inp2
+            else:  # the second is no better: the first comes back
+                _move_aside(work, f"{second}_fit")
                 for f in list(aside.iterdir()):
                     os.rename(f, work / f.name)
                 aside.rmdir()
-                inp["fit"]["maxiter"] = int(settings.upfit_iterations)
-        else:
-            warm["kept"] = "warm"
+        log.info("%s: kept the %s fit", final.name, check["kept"])
+    upfit = (check["kept"] if check else first) == "warm"
     # active set over every labelled structure (train and test split), all atoms: whatever the oracle
     # labelled counts as known, so the same candidates do not stop the next run again
     run_tool(
@@ -397,7 +396,7 @@ def _fit_in(
             "generation": index,
             "recipe_version": RECIPE_VERSION,
             "upfit": upfit,
-            "warm_start": warm,
+            "quality_check": check,
             "previous": previous.index if previous else None,
             "n_structures": n_structures,
             "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
@@ -500,8 +499,18 @@ def _score(errors: dict[str, Any], ref: dict[str, Any]) -> float:
             + errors["force_rmse"] / max(ref["previous_force_rmse"], 1e-6))
 
 
-def _warm_start_check(work: Path, previous: Generation, settings: FitSettings) -> dict[str, Any]:
-    """Is the warm start worse than ``previous`` on the data both saw (the previous generation's structures)?
+def _move_aside(work: Path, name: str) -> Path:
+    """Move a fit's files (all but the training data and other set-aside fits) into work/name."""
+    dest = work / name
+    dest.mkdir()
+    for f in list(work.iterdir()):
+        if f.name != DATA_FILE and not f.name.endswith("_fit"):
+            os.rename(f, dest / f.name)
+    return dest
+
+
+def _quality_check(work: Path, previous: Generation, settings: FitSettings) -> dict[str, Any]:
+    """Is the fit in ``work`` worse than ``previous`` on the data both saw (the previous generation's structures)?
     Worse: an RMSE above ``settings.warm_start_tolerance`` x the previous one's plus a floor (0.5 meV/atom,
     3 meV/Å: below that the difference is noise)."""
     shared = _prediction_hashes(previous.dir)

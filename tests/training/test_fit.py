@@ -122,8 +122,8 @@ def test_upfit_brings_candidate_gamma_below_threshold(cu_bulk_potential, tmp_pat
     gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0)
     assert gen1.index == 1 and gen1.dir == root / "gen_001"
     assert gen1.metrics["previous"] == 0
-    ws = gen1.metrics["warm_start"]  # judged on the data both saw: gen_000's 34 structures
-    assert ws["shared_structures"] == 34 and ws["kept"] in ("warm", "fresh")
+    ws = gen1.metrics["quality_check"]  # judged on the data both saw: gen_000's 34 structures
+    assert ws["shared_structures"] == 34 and ws["first"] == "warm" and ws["kept"] in ("warm", "fresh")
     assert gen1.metrics["upfit"] is (ws["kept"] == "warm")
     assert gen1.metrics["n_structures"] == 34 + len(selected)
     if ws["kept"] == "warm":
@@ -152,7 +152,7 @@ def _pred_frame(hashes: list[str], e_err: float, f_err: float) -> pd.DataFrame:
 
 
 def test_warm_start_judged_on_the_data_both_saw(tmp_path):
-    from autopipec_fw.training.fit import Generation, _shared_errors, _warm_start_check
+    from autopipec_fw.training.fit import Generation, _quality_check, _shared_errors
 
     prev, new = tmp_path / "gen_000", tmp_path / "work"
     prev.mkdir()
@@ -163,19 +163,22 @@ def test_warm_start_judged_on_the_data_both_saw(tmp_path):
         new / "train_pred.pckl.gzip", compression="gzip")
     g = Generation(index=0, dir=prev, yaml=prev / "p.yaml", yace=prev / "p.yace", asi=prev / "p.asi")
     assert _shared_errors(new, {"a", "b"})["force_rmse"] == pytest.approx(10.0)
-    ok = _warm_start_check(new, g, FitSettings())
+    ok = _quality_check(new, g, FitSettings())
     assert ok["worse"] is False and ok["shared_structures"] == 2
     assert ok["energy_rmse"] == pytest.approx(1.0) and ok["previous_force_rmse"] == pytest.approx(10.0)
     # worse on a and b by more than 1.25 x + 3 meV/Å: a fresh fit must be tried
     pd.concat([_pred_frame(["a", "b"], 0.001, 0.020), _pred_frame(["c"], 0.0, 0.0)]).to_pickle(
         new / "train_pred.pckl.gzip", compression="gzip")
-    assert _warm_start_check(new, g, FitSettings())["worse"] is True
-    assert _warm_start_check(new, g, FitSettings(warm_start_tolerance=2.0))["worse"] is False
+    assert _quality_check(new, g, FitSettings())["worse"] is True
+    assert _quality_check(new, g, FitSettings(warm_start_tolerance=2.0))["worse"] is False
 
 
-def test_a_worse_warm_start_is_replaced_by_the_better_fresh_fit(cu_bulk_potential, tmp_path, monkeypatch):
-    """When the warm start is judged worse, a fresh fit runs in its place and the better of the two (force RMSE on
-    the previous generation's data) is the generation; the other's files stay in the folder for inspection."""
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_a_worse_fit_is_tried_the_other_way_and_the_better_kept(cu_bulk_potential, tmp_path, monkeypatch,
+                                                                warm_start):
+    """When the first fit (warm start or fresh) is judged worse than the previous generation on its data, the other
+    kind runs in its place and the better of the two (energy + force RMSE relative to the previous generation's)
+    is the generation; the other's files stay in the folder for inspection."""
     import autopipec_fw.training.fit as fit_mod
 
     root = tmp_path / "generations"
@@ -183,20 +186,22 @@ def test_a_worse_warm_start_is_replaced_by_the_better_fresh_fit(cu_bulk_potentia
     gen0 = latest_generation(root)
     data = tmp_path / "training.pckl.gzip"
     shutil.copyfile(cu_bulk_potential.training, data)
-    real = fit_mod._warm_start_check
-    monkeypatch.setattr(fit_mod, "_warm_start_check", lambda *a: {**real(*a), "worse": True})
-    gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0)
-    ws = gen1.metrics["warm_start"]
-    assert ws["worse"] is True and ws["kept"] in ("warm", "fresh")
-    assert np.isfinite(ws["fresh_force_rmse"]) and np.isfinite(ws["force_rmse"])
+    real = fit_mod._quality_check
+    monkeypatch.setattr(fit_mod, "_quality_check", lambda *a: {**real(*a), "worse": True})
+    gen1 = fit_generation(data, FIT, ["Cu"], root, previous=gen0, warm_start=warm_start)
+    ws = gen1.metrics["quality_check"]
+    first, second = ("warm", "fresh") if warm_start else ("fresh", "warm")
+    assert ws["worse"] is True and ws["first"] == first and ws["second"] == second
+    assert np.isfinite(ws["second_force_rmse"]) and np.isfinite(ws["force_rmse"])
+
     def score(e, f):  # relative to gen_000 on its own data: lower is better
         return e / ws["previous_energy_rmse"] + f / ws["previous_force_rmse"]
 
-    warm, fresh = score(ws["energy_rmse"], ws["force_rmse"]), score(ws["fresh_energy_rmse"], ws["fresh_force_rmse"])
-    better = "fresh" if fresh <= warm else "warm"
+    s1, s2 = score(ws["energy_rmse"], ws["force_rmse"]), score(ws["second_energy_rmse"], ws["second_force_rmse"])
+    better = second if s2 <= s1 else first
     assert ws["kept"] == better
-    other = gen1.dir / ("warm_start" if better == "fresh" else "fresh_fit")
+    other = gen1.dir / f"{first if better == second else second}_fit"
     assert (other / "potential.yaml").is_file() and (gen1.dir / "potential.asi").is_file()
     assert gen1.metrics["upfit"] is (better == "warm")
     kept = fit_mod._shared_errors(gen1.dir, fit_mod._prediction_hashes(gen0.dir))
-    assert score(kept["energy_rmse"], kept["force_rmse"]) == pytest.approx(min(warm, fresh))
+    assert score(kept["energy_rmse"], kept["force_rmse"]) == pytest.approx(min(s1, s2))

@@ -55,9 +55,9 @@ def test_loop_detour_is_oracle_then_upfit_then_resumed_akmc() -> None:
     assert nxt.tasks[0]["iteration"] == 3
     # nothing selected (all candidates known or unphysical): no new data, so no refit: aKMC resumes as it was
     assert _names(loop_detour(c, "/x", 0, None, 0)) == ["aKMC #1 (resume, no new data)"]
-    assert "upfit gen_001" in _names(loop_detour(Campaign(), "/x", 0, "iter_000.extxyz", 1))  # default: warm start
-    fresh = Campaign(fit={"upfit": False})
-    assert "refit gen_001" in _names(loop_detour(fresh, "/x", 0, "iter_000.extxyz", 1))
+    assert "refit gen_001" in _names(loop_detour(Campaign(), "/x", 0, "iter_000.extxyz", 1))  # default: fresh
+    warm = Campaign(fit={"upfit": True})
+    assert "upfit gen_001" in _names(loop_detour(warm, "/x", 0, "iter_000.extxyz", 1))
 
 
 def test_shipped_spec_is_current_and_lpad_add_accepts_it(embedded_db: EmbeddedDB) -> None:
