@@ -71,8 +71,14 @@ def read_input(folder: Path) -> Atoms:
 
 
 def _child_env() -> dict[str, str]:
+    """The environment of the code: one OpenMP thread unless set, and this autopipec_fw first on the path
+    (the GPAW runner is `python -m autopipec_fw.oracle.gpaw_run`: the child runs the same code as we do)."""
+    import autopipec_fw
+
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    root = str(Path(autopipec_fw.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
     return env
 
 
