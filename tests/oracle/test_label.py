@@ -143,6 +143,26 @@ def test_gpaw_labels_a_2_atom_al_cell(tmp_path):
     txt = (tmp_path / structure_hash(al2()) / "gpaw.txt").read_text()
     n1, n2, n3 = kpoint_grid(al2(), DENSITY).grid
     assert f"Monkhorst-Pack size: [{n1}, {n2}, {n3}]" in txt
+    # a 1-atom cell gets its own, denser grid from the same density; one oracle hash, one training set
+    one = bulk("Al", "fcc", a=4.05)
+    (lab1,) = label_structures([one], settings, tmp_path)
+    meta1 = json.loads((tmp_path / structure_hash(one) / "oracle.json").read_text())
+    assert meta1["kpoints"]["grid"] == list(kpoint_grid(one, DENSITY).grid) != meta["kpoints"]["grid"]
+    assert meta1["oracle_hash"] == meta["oracle_hash"] == oracle_hash(settings)
+    assert TrainingSet(tmp_path / "data.pckl.gzip").add([lab1], "test", oracle_hash(settings)) == 1
+
+
+@pytest.mark.slow
+def test_a_crashed_gpaw_run_is_reported_and_labels_nothing(tmp_path):
+    pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
+    settings = OracleSettings(calculator="gpaw", parameters={**GPAW_TINY, "xc": "NO-SUCH-XC"}, kpoint_density=DENSITY)
+    folder = tmp_path / structure_hash(al2())
+    with pytest.raises(OracleError, match=rf"{folder}: gpaw single point failed \(exit code 1, Validation failed"):
+        label_structures([al2()], settings, tmp_path)
+    run, corr = _corrections(folder)
+    assert corr == [] and run["validator"]["@class"] == "SinglePointValidator"
+    assert "NO-SUCH-XC" in (folder / "gpaw.err").read_text()  # the traceback is kept
+    assert not (folder / "result.extxyz").exists()
 
 
 @pytest.mark.slow
