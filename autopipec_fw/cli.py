@@ -62,7 +62,12 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     campaign = load_campaign(args.config)
     if args.action == "check":
+        from autopipec_fw.oracle.calculators import check_oracle
+
+        found = check_oracle(campaign.oracle, campaign.elements)  # a missing DFT code is named, with how to install
         print(f"{args.config or 'built-in demo'}: valid campaign '{campaign.name}'")
+        if "executable" in found:
+            print(f"oracle {found['calculator']}: {found['executable']}")
     else:
         sys.stdout.write(campaign.to_yaml())
     return 0

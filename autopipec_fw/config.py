@@ -67,15 +67,33 @@ class OracleSettings(_Model):
 
     calculator: Literal["emt", "gpaw", "espresso", "vasp"] = Field("emt", description="ASE calculator name")
     parameters: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the calculator")
-    command: str | None = Field(None, description="executable for file-based codes (pw.x, vasp_std)")
-    max_scf_corrections: int = Field(2, ge=0, description="custodian-style SCF retries before failing")
+    command: str | None = Field(
+        None,
+        description="how to start the code: pw.x / vasp_std argv (e.g. 'mpirun -np 4 pw.x'); for gpaw the Python "
+        "that runs it (e.g. 'mpirun -np 4 python3'; default: this Python)",
+    )
+    kpoint_density: PosFloat | None = Field(
+        2.0,
+        description="DFT codes: k-points per Å⁻¹ of reciprocal-lattice length (ASE's kpts={'density': d}; "
+        "the same grid as VASP's KSPACING = 1/d Å⁻¹): n_i = max(1, ceil(2π |b_i| d)), Γ-centred, and 1 along "
+        "non-periodic directions and along cell vectors whose atoms leave a vacuum gap > 5 Å. The grid of each "
+        "structure is recorded in its oracle.json. 2.0 = VASP's default KSPACING 0.5. null: the fixed "
+        "parameters.kpts for every structure (the code's default, Γ, when absent)",
+    )
+    max_scf_corrections: int = Field(
+        2, ge=0,
+        description="corrected reruns (custodian: more SCF iterations, gentler mixing) after an unconverged SCF "
+        "before the single point fails; 0 fails at the first unconverged SCF",
+    )
     batch_size: PosInt = Field(8, description="structures per oracle Firework (1 for expensive DFT)")
 
     def settings_hash(self) -> str:
-        """Stable hash of everything that changes the labels: a training set never mixes two of these."""
-        blob = json.dumps(
-            {"calculator": self.calculator, "parameters": self.parameters}, sort_keys=True, default=str
-        )
+        """Stable hash of everything that changes the labels: a training set never mixes two of these.
+        Covers the k-point density of DFT codes (not the grid each structure gets from it)."""
+        fields: dict[str, Any] = {"calculator": self.calculator, "parameters": self.parameters}
+        if self.calculator != "emt":
+            fields["kpoint_density"] = self.kpoint_density
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -2,7 +2,10 @@
 
 Each code has cheap, sane defaults (see STACK.md) that the campaign's `parameters` override key by key.
 Unknown parameters are refused with an error naming the parameter and the accepted ones, before anything
-runs. `effective_parameters` is what is actually used and what the oracle hash covers.
+runs. `effective_parameters` is what is actually used and what the oracle hash covers (with
+`oracle.kpoint_density`); `structure_parameters` adds the k-point grid each structure gets from that density
+(oracle/kpoints.py). `check_oracle` says whether the code can run here, or names the missing executable and how
+to install it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import copy
 import logging
 import os
 import shlex
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from autopipec_fw.config import OracleSettings
+from autopipec_fw.oracle.kpoints import KpointGrid, kpoint_grid
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +33,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gpaw": {
         "mode": {"name": "pw", "ecut": 300.0},
         "xc": "PBE",
-        "kpts": {"size": [2, 2, 2], "gamma": True},
         "occupations": {"name": "fermi-dirac", "width": 0.1},
         "convergence": {"energy": 1e-5},
     },
@@ -43,8 +48,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             },
             "electrons": {"conv_thr": 1e-8, "mixing_beta": 0.7, "electron_maxstep": 100},
         },
-        "kpts": [2, 2, 2],
-        "koffset": [1, 1, 1],
     },
     "vasp": {
         "xc": "PBE",
@@ -55,15 +58,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "nelm": 100,
         "prec": "Accurate",
         "lreal": False,
-        "kpts": [2, 2, 2],
-        "gamma": True,
         "lwave": False,
         "lcharg": False,
     },
 }
 
 # keys we handle ourselves (not passed to the ASE calculator)
-_OWN_KEYS = {"espresso": {"pseudo_dir"}, "vasp": {"setups"}}
+# the fixed-grid parameter of each code (allowed only with kpoint_density: null)
+KPTS_KEY = "kpts"
+
 
 
 class OracleConfigError(ValueError):
@@ -115,7 +118,7 @@ def _allowed_keys(name: str) -> set[str] | None:
         for attr in dir(g):
             if attr.endswith("_params") and isinstance(getattr(g, attr), dict):
                 keys |= set(getattr(g, attr))
-        return keys | {"xc", "kpts", "gamma", "setups", "pp", "reciprocal", "ldau_luj"}
+        return keys | {"xc", "kpts", "gamma", "setups", "potcar_functional", "ldau_luj"}
     return None
 
 
@@ -150,7 +153,36 @@ def effective_parameters(settings: OracleSettings) -> dict[str, Any]:
                 raise OracleConfigError(
                     f"oracle.parameters.input_data.{sec}: unknown pw.x keyword(s) {bad} in &{sec.upper()}"
                 )
+    if name != "emt" and settings.kpoint_density is not None and KPTS_KEY in params:
+        raise OracleConfigError(
+            f"oracle.parameters.kpts and oracle.kpoint_density ({settings.kpoint_density}) both given: the grid comes "
+            "from the density; set kpoint_density: null to use one fixed grid for every structure"
+        )
     return _merge(DEFAULTS.get(name, {}), params)
+
+
+def structure_parameters(settings: OracleSettings, atoms: Atoms) -> tuple[dict[str, Any], KpointGrid | None]:
+    """The effective parameters with the k-point grid of `atoms` (oracle.kpoint_density), in the code's own
+    form: GPAW {"size", "gamma"}, pw.x kpts + koffset 0 (Γ-centred), VASP kpts + gamma. None for EMT and for
+    a fixed grid (kpoint_density: null)."""
+    params = effective_parameters(settings)
+    name = settings.calculator
+    if name == "emt" or settings.kpoint_density is None:
+        return params, None
+    try:
+        grid = kpoint_grid(atoms, settings.kpoint_density)
+    except ValueError as e:
+        raise OracleConfigError(str(e)) from None
+    size = list(grid.grid)
+    if name == "gpaw":
+        params["kpts"] = {"size": size, "gamma": True}
+    elif name == "espresso":
+        params["kpts"] = size
+        params["koffset"] = [0, 0, 0]
+    elif name == "vasp":
+        params["kpts"] = size
+        params["gamma"] = True
+    return params, grid
 
 
 def _pseudo_rank(name: str) -> tuple[int, str]:
@@ -184,32 +216,41 @@ def _espresso_pseudopotentials(symbols: set[str], pseudo_dir: Path, given: dict[
     return out
 
 
+def espresso_parameters(params: dict[str, Any], symbols: set[str]) -> dict[str, Any]:
+    """pw.x parameters with `pseudo_dir` resolved and one pseudopotential file per element (given or found)."""
+    out = copy.deepcopy(params)
+    pseudo_dir = Path(out.pop("pseudo_dir", DEFAULT_PSEUDO_DIR))
+    out["pseudopotentials"] = _espresso_pseudopotentials(symbols, pseudo_dir, out.get("pseudopotentials") or {})
+    out["pseudo_dir"] = str(pseudo_dir)
+    return out
+
+
 def make_calculator(
     settings: OracleSettings,
     directory: Path,
     symbols: set[str],
     parameters: dict[str, Any] | None = None,
+    atoms: Atoms | None = None,
 ) -> Calculator:
-    """An ASE calculator for `settings` that runs and keeps its raw output in `directory`.
+    """An in-process ASE calculator for `settings` that keeps its raw output in `directory` (NEB and other
+    in-process uses; the oracle stage runs every code through custodian, oracle/jobs.py).
 
-    `parameters` (default: `effective_parameters(settings)`) lets the SCF corrections pass adjusted values.
+    `parameters` default: `effective_parameters(settings)`, with the k-point grid of `atoms` when given.
     """
     name = settings.calculator
-    params = copy.deepcopy(parameters if parameters is not None else effective_parameters(settings))
+    if parameters is None:
+        parameters = structure_parameters(settings, atoms)[0] if atoms is not None else effective_parameters(settings)
+    params = copy.deepcopy(parameters)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if name == "emt":
         from ase.calculators.emt import EMT
 
         return EMT(**params)
+    check_oracle(settings, symbols)
     if name == "gpaw":
-        try:
-            from gpaw import GPAW
-        except ImportError as e:
-            raise OracleConfigError(
-                "oracle.calculator 'gpaw': GPAW is not installed in this environment (scripts/setup.sh --tests "
-                f"installs it) ({e})"
-            ) from None
+        from gpaw import GPAW
+
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         try:
             return GPAW(txt=str(directory / "gpaw.txt"), **params)
@@ -218,23 +259,89 @@ def make_calculator(
     if name == "espresso":
         from ase.calculators.espresso import Espresso, EspressoProfile
 
-        pseudo_dir = Path(params.pop("pseudo_dir", DEFAULT_PSEUDO_DIR))
-        params["pseudopotentials"] = _espresso_pseudopotentials(
-            symbols, pseudo_dir, params.get("pseudopotentials") or {}
-        )
-        command = settings.command or "pw.x"
-        argv = shlex.split(command)
-        from shutil import which
-
-        if which(argv[0]) is None:
-            raise OracleConfigError(
-                f"oracle.command: {argv[0]!r} not found on PATH (install quantum-espresso or set oracle.command)"
-            )
+        params = espresso_parameters(params, symbols)
+        pseudo_dir = params.pop("pseudo_dir")
         for key in ("kpts", "koffset"):
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])
-        profile = EspressoProfile(command=command, pseudo_dir=str(pseudo_dir))
+        profile = EspressoProfile(command=settings.command or "pw.x", pseudo_dir=pseudo_dir)
         return Espresso(profile=profile, directory=str(directory), **params)
     raise OracleConfigError(
         f"oracle.calculator {name!r} has no ASE calculator here (vasp runs through custodian)"
     )
+
+
+# ------------------------------------------------------------------------------------------------ check
+INSTALL_HINTS = {
+    "gpaw": "GPAW: pip install gpaw gpaw-data (builds against libxc, BLAS, FFTW: Debian packages libxc-dev "
+    "libopenblas-dev libfftw3-dev; scripts/setup.sh --tests does it), or conda install -c conda-forge gpaw",
+    "espresso": "Quantum ESPRESSO: apt-get install quantum-espresso quantum-espresso-data (Debian/Ubuntu), or "
+    "conda install -c conda-forge qe, or `module load` it on a cluster; or set oracle.command to its pw.x",
+    "vasp": "VASP is licensed software (vasp.at): build or `module load` it and set oracle.command "
+    "(e.g. 'mpirun -np 4 vasp_std')",
+}
+
+
+def oracle_argv(settings: OracleSettings) -> list[str]:
+    """How the oracle's code is started: pw.x / vasp_std argv, or for GPAW the Python that runs it."""
+    import sys
+
+    default = {"espresso": "pw.x", "vasp": "vasp_std"}.get(settings.calculator)
+    if settings.command:
+        return shlex.split(settings.command)
+    return [default] if default else [sys.executable]
+
+
+def check_oracle(settings: OracleSettings, elements: Iterable[str] | None = None) -> dict[str, str]:
+    """Can the oracle run here? Returns what was found (executable, data); raises OracleConfigError naming the
+    missing executable / library / data and how to install it. `elements`: also check their pseudopotentials."""
+    from shutil import which
+
+    name = settings.calculator
+    found: dict[str, str] = {"calculator": name}
+    if name == "emt":
+        return found
+    argv = oracle_argv(settings)
+    exe = which(argv[0])
+    if exe is None:
+        what = "the Python that runs GPAW" if name == "gpaw" else f"the {name} executable"
+        raise OracleConfigError(
+            f"oracle.command: {argv[0]!r} ({what}) not found on PATH; install it: {INSTALL_HINTS[name]}"
+        )
+    found["executable"] = exe
+    elements = sorted(set(elements or []))
+    if name == "gpaw":
+        if argv == oracle_argv(OracleSettings(calculator="gpaw")):  # our own Python: GPAW must import here
+            try:
+                import gpaw
+            except ImportError as e:
+                raise OracleConfigError(
+                    f"oracle.calculator 'gpaw': GPAW does not import in {exe} ({e}); install it: "
+                    f"{INSTALL_HINTS['gpaw']}"
+                ) from None
+            paths = [Path(p) for p in gpaw.setup_paths]
+            found["gpaw"] = str(gpaw.__version__)
+            found["setups"] = ", ".join(str(p) for p in paths)
+            missing = [e for e in elements if not any(any(p.glob(f"{e}.*")) for p in paths if p.is_dir())]
+            if missing:
+                raise OracleConfigError(
+                    f"oracle.calculator 'gpaw': no PAW setups for {missing} in {found['setups'] or '(no setup path)'}"
+                    " (pip install gpaw-data, or `gpaw install-data DIR` and GPAW_SETUP_PATH)"
+                )
+    elif name == "espresso":
+        params = effective_parameters(settings)
+        pseudo_dir = Path(params.get("pseudo_dir", DEFAULT_PSEUDO_DIR))
+        if not pseudo_dir.is_dir():
+            raise OracleConfigError(
+                f"oracle.parameters.pseudo_dir: {pseudo_dir} does not exist (Debian: apt-get install "
+                "quantum-espresso-data; or point pseudo_dir at your UPF files)"
+            )
+        found["pseudo_dir"] = str(pseudo_dir)
+        if elements:
+            pp = _espresso_pseudopotentials(set(elements), pseudo_dir, params.get("pseudopotentials") or {})
+            found["pseudopotentials"] = ", ".join(f"{k}: {v}" for k, v in pp.items())
+    elif name == "vasp":
+        from autopipec_fw.oracle.vasp import potcar_dir
+
+        found["potcars"] = str(potcar_dir())
+    return found

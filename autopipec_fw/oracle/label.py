@@ -1,14 +1,15 @@
 """Oracle stage: single points (energy, forces, stress) by calculator spec, one folder per structure.
 
 `label_structures` runs each structure in `workdir/<structure_hash>/` (input.extxyz, the code's raw output,
-result.extxyz, oracle.json); a folder that already holds a result is not recomputed. Failed SCF cycles get
-custodian-style corrections (more iterations, smaller mixing), each logged in `corrections.json`, then a clear
-`OracleError`.
+result.extxyz, oracle.json with the k-point grid); a folder that already holds a result is not recomputed.
+Every code runs under custodian (oracle/jobs.py, handlers.py, validators.py; VASP: vasp.py): an unconverged SCF
+gets up to `oracle.max_scf_corrections` corrections (more iterations, gentler mixing), each logged in the
+folder's `custodian.json`; a run that still fails, crashes or leaves no usable output raises `OracleError`
+naming the folder, and writes no result: it never enters the training set.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
@@ -17,12 +18,36 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from custodian import Custodian
+from custodian.custodian import (
+    CustodianError,
+    MaxCorrectionsError,
+    MaxCorrectionsPerHandlerError,
+    MaxCorrectionsPerJobError,
+)
 
 from autopipec_fw.config import OracleSettings
-from autopipec_fw.oracle.calculators import OracleConfigError, effective_parameters, make_calculator
+from autopipec_fw.oracle.calculators import (
+    OracleConfigError,
+    check_oracle,
+    effective_parameters,
+    espresso_parameters,
+    oracle_argv,
+    structure_parameters,
+)
+from autopipec_fw.oracle.handlers import scf_handlers
+from autopipec_fw.oracle.jobs import (
+    GPAW_ERR,
+    PW_ERR,
+    make_job,
+    read_parameters,
+    read_results,
+    write_parameters,
+)
+from autopipec_fw.oracle.kpoints import KpointGrid
+from autopipec_fw.oracle.validators import SinglePointValidator
 from autopipec_fw.training.dataset import structure_hash
 from autopipec_fw.training.locking import atomic_write_bytes, atomic_write_text, file_lock
 
@@ -30,7 +55,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.extxyz"
 INPUT_FILE = "input.extxyz"
-CORRECTIONS_FILE = "corrections.json"
+CUSTODIAN_FILE = "custodian.json"
 
 
 class OracleError(RuntimeError):
@@ -38,9 +63,21 @@ class OracleError(RuntimeError):
 
 
 def oracle_hash(settings: OracleSettings) -> str:
-    """Hash of the effective oracle settings (defaults included); equals `settings.settings_hash()` for EMT."""
-    eff = OracleSettings(calculator=settings.calculator, parameters=effective_parameters(settings))
+    """Hash of the effective oracle settings (defaults included, and the k-point density of DFT codes, not the
+    grid each structure gets from it); equals `settings.settings_hash()` for EMT."""
+    eff = OracleSettings(
+        calculator=settings.calculator, parameters=effective_parameters(settings),
+        kpoint_density=settings.kpoint_density,
+    )
     return eff.settings_hash()
+
+
+def _n_corrections(folder: Path) -> int:
+    try:
+        runs = json.loads((folder / CUSTODIAN_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+    return sum(len(r.get("corrections", [])) for r in runs)
 
 
 def reference_energies_for(settings: OracleSettings, elements: Iterable[str]) -> dict[str, float] | None:
@@ -51,120 +88,62 @@ def reference_energies_for(settings: OracleSettings, elements: Iterable[str]) ->
     return None
 
 
-# ------------------------------------------------------------------------------------------------ SCF
-def _scf_failed(settings: OracleSettings, exc: BaseException, folder: Path) -> bool:
+# ------------------------------------------------------------------------------------------- custodian
+def _tail(path: Path, n: int = 1) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def run_custodian(
+    atoms: Atoms, settings: OracleSettings, folder: Path
+) -> tuple[dict[str, Any], dict[str, Any], KpointGrid | None]:
+    """One single point of EMT, GPAW or pw.x under custodian in `folder` (input.extxyz already there).
+
+    Returns the results, the parameters of the attempt that succeeded (after corrections) and the k-point grid.
+    Every attempt and correction is logged in `custodian.json`; a failure raises OracleError naming the folder.
+    """
     name = settings.calculator
-    if name == "gpaw":
-        return type(exc).__name__ == "KohnShamConvergenceError" or "did not converge" in str(exc).lower()
+    params, grid = structure_parameters(settings, atoms)
     if name == "espresso":
-        pwo = folder / "espresso.pwo"
-        text = pwo.read_text(errors="replace") if pwo.exists() else ""
-        return "convergence NOT achieved" in text
-    return False
-
-
-def _scf_correction(settings: OracleSettings, params: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
-    """More SCF iterations and gentler mixing; returns the new parameters and the actions (custodian style)."""
-    p = copy.deepcopy(params)
-    actions: list[dict] = []
-    if settings.calculator == "gpaw":
-        old_iter = int(p.get("maxiter", 333))
-        p["maxiter"] = 2 * old_iter
-        actions.append({"dict": "parameters", "action": {"_set": {"maxiter": p["maxiter"]}}, "was": old_iter})
-        mixer = dict(p.get("mixer") or {})
-        old_beta = float(mixer.get("beta", 0.05))
-        mixer.update(
-            {"beta": round(old_beta / 2, 6), "nmaxold": int(mixer.get("nmaxold", 5)), "weight": 50.0}
-        )
-        p["mixer"] = mixer
-        actions.append(
-            {"dict": "parameters", "action": {"_set": {"mixer.beta": mixer["beta"]}}, "was": old_beta}
-        )
-    elif settings.calculator == "espresso":
-        el = p.setdefault("input_data", {}).setdefault("electrons", {})
-        old_steps = int(el.get("electron_maxstep", 100))
-        old_beta = float(el.get("mixing_beta", 0.7))
-        el["electron_maxstep"] = 2 * old_steps
-        el["mixing_beta"] = round(old_beta / 2, 6)
-        actions.append(
-            {
-                "dict": "input_data.electrons",
-                "action": {"_set": {"electron_maxstep": el["electron_maxstep"]}},
-                "was": old_steps,
-            }
-        )
-        actions.append(
-            {
-                "dict": "input_data.electrons",
-                "action": {"_set": {"mixing_beta": el["mixing_beta"]}},
-                "was": old_beta,
-            }
-        )
-    return p, actions
-
-
-def _keep_attempt_output(settings: OracleSettings, folder: Path, attempt: int) -> None:
-    names = {"gpaw": ["gpaw.txt"], "espresso": ["espresso.pwi", "espresso.pwo"]}.get(settings.calculator, [])
-    for n in names:
-        f = folder / n
-        if f.exists():
-            f.rename(folder / f"{f.stem}.attempt{attempt}{f.suffix}")
-
-
-def _log_correction(folder: Path, entry: dict) -> None:
-    path = folder / CORRECTIONS_FILE
-    entries = json.loads(path.read_text()) if path.exists() else []
-    entries.append(entry)
-    atomic_write_text(path, json.dumps(entries, indent=2))
-
-
-def _run_ase(atoms: Atoms, settings: OracleSettings, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Energy, forces, stress with SCF corrections; returns the results and the parameters actually used."""
-    params = effective_parameters(settings)
-    symbols = set(atoms.get_chemical_symbols())
-    attempt = 0
-    while True:
-        calc = make_calculator(settings, folder, symbols, params)
-        work = atoms.copy()
-        work.set_constraint()
-        work.calc = calc
-        try:
-            energy = work.get_potential_energy()
-            forces = work.get_forces()
-            # never accept unconverged labels, even when the code exited 0
-            if settings.calculator == "espresso" and _scf_failed(settings, RuntimeError(), folder):
-                raise RuntimeError("pw.x reported 'convergence NOT achieved'")
-            results: dict[str, Any] = {"energy": float(energy), "forces": np.array(forces)}
-            if work.pbc.all():
-                try:
-                    results["stress"] = np.array(work.get_stress())
-                except Exception as e:  # some setups cannot give stress; keep energy and forces
-                    log.warning("%s: no stress (%s)", folder, e)
-            raw = getattr(calc, "parameters", None)
-            used = {k: v for k, v in (raw if isinstance(raw, dict) else params).items() if k != "txt"}
-            if settings.calculator == "gpaw":
-                del calc  # closes the txt file
-            return results, used
-        except OracleConfigError:
-            raise
-        except Exception as exc:
-            if not _scf_failed(settings, exc, folder):
-                raise OracleError(
-                    f"{folder}: {settings.calculator} single point failed ({type(exc).__name__}: {exc}); "
-                    "raw output kept in that folder"
-                ) from None
-            _keep_attempt_output(settings, folder, attempt)
-            if attempt >= settings.max_scf_corrections:
-                _log_correction(folder, {"attempt": attempt, "errors": ["scf_unconverged"], "actions": None})
-                raise OracleError(
-                    f"{folder}: SCF did not converge after {attempt} correction(s) "
-                    f"(oracle.max_scf_corrections = {settings.max_scf_corrections}); corrections are logged in "
-                    f"{folder / CORRECTIONS_FILE}"
-                ) from None
-            params, actions = _scf_correction(settings, params)
-            _log_correction(folder, {"attempt": attempt, "errors": ["scf_unconverged"], "actions": actions})
-            log.warning("%s: SCF unconverged, retrying with %s", folder, actions)
-            attempt += 1
+        params = espresso_parameters(params, set(atoms.get_chemical_symbols()))
+    write_parameters(folder, params)
+    job = make_job(name, oracle_argv(settings) if name != "emt" else None)
+    n_max = int(settings.max_scf_corrections)
+    cust = Custodian(
+        handlers=scf_handlers(name, n_max),
+        jobs=[job],
+        validators=[SinglePointValidator(name)],
+        max_errors=n_max + 1,
+        max_errors_per_job=n_max + 1,
+        polling_time_step=1,
+        directory=str(folder),
+    )
+    try:
+        cust.run()
+    except (MaxCorrectionsPerHandlerError, MaxCorrectionsError, MaxCorrectionsPerJobError):
+        raise OracleError(
+            f"{folder}: SCF did not converge after {n_max} correction(s) (oracle.max_scf_corrections = {n_max}); "
+            f"the corrections are logged in {folder / CUSTODIAN_FILE}; no label written"
+        ) from None
+    except CustodianError as e:
+        proc = getattr(job, "_proc", None)
+        code = f"exit code {proc.returncode}, " if proc is not None and proc.returncode is not None else ""
+        err = {"gpaw": GPAW_ERR, "espresso": PW_ERR}.get(name)
+        last = _tail(folder / err) if err else ""
+        raise OracleError(
+            f"{folder}: {name} single point failed ({code}{e}){': ' + last if last else ''}; no label written, "
+            "raw output kept in that folder"
+        ) from None
+    except OracleConfigError:
+        raise
+    except Exception as e:  # an in-process code (EMT) that raised
+        raise OracleError(
+            f"{folder}: {name} single point failed ({type(e).__name__}: {e}); raw output kept in that folder"
+        ) from None
+    return read_results(name, folder), read_parameters(folder), grid
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -243,10 +222,9 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
         if settings.calculator == "vasp":
             from autopipec_fw.oracle.vasp import run_vasp
 
-            results = run_vasp(clean, settings, folder)
-            used = effective_parameters(settings)
+            results, used, grid = run_vasp(clean, settings, folder)
         else:
-            results, used = _run_ase(clean, settings, folder)
+            results, used, grid = run_custodian(clean, settings, folder)
         seconds = time.monotonic() - t0
         out = clean.copy()
         out.info.update(
@@ -258,6 +236,9 @@ def label_one(atoms: Atoms, settings: OracleSettings, workdir: Path, source: str
             "oracle_hash": ohash,
             "calculator": settings.calculator,
             "parameters": used,
+            "kpoint_density": settings.kpoint_density if settings.calculator != "emt" else None,
+            "kpoints": grid.as_dict() if grid is not None else None,
+            "scf_corrections": _n_corrections(folder),
             "source": source,
             "seconds": round(seconds, 3),
             "energy": results["energy"],
@@ -278,6 +259,8 @@ def label_structures(
     if bad:
         raise OracleError(f"structures {bad}: not structures to label (expected non-empty ase.Atoms)")
     effective_parameters(settings)  # refuse bad parameters before anything runs
+    elements = {s for at in structures for s in at.get_chemical_symbols()}
+    check_oracle(settings, elements)  # a missing code or pseudopotential is named before anything runs
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     return [label_one(at, settings, workdir, source) for at in structures]

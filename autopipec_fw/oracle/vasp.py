@@ -1,12 +1,14 @@
-"""VASP single points through custodian (`VaspJob` + its standard error handlers).
+"""VASP single points through custodian (`VaspJob` + its standard error handlers); inputs by pymatgen.
 
-`prepare_vasp` writes, into the calculation folder: INCAR (a single point: NSW = 0, IBRION = -1, forces and
-stress), POSCAR (species sorted), KPOINTS, POTCAR.spec (the POTCAR symbols, pymatgen's convention), the POTCAR
-itself when the VASP pseudopotentials are found ($VASP_PP_PATH/potpaw_PBE or potpaw_LDA), and
-`custodian.yaml`, the custodian spec (`cstdn run custodian.yaml` runs the same thing by hand).
-`run_vasp` then runs that spec in-process with custodian, which logs every correction (SCF non-convergence
--> ALGO/AMIX changes, ...) in `custodian.json`, and reads energy, forces and stress from `vasprun.xml`.
-custodian's VASP module imports pymatgen: running needs it installed; preparing does not.
+`prepare_vasp` writes, into the calculation folder, with pymatgen: INCAR (`Incar`; a single point: NSW = 0,
+IBRION = -1, forces and stress), POSCAR (`Poscar`, species sorted), KPOINTS (`Kpoints.gamma_automatic`, the grid
+of `oracle.kpoint_density`, oracle/kpoints.py), POTCAR (`Potcar`, from pymatgen's PMG_VASP_PSP_DIR, the
+`potcar_functional` (default PBE, LDA for xc LDA) and `setups` (element -> POTCAR symbol, e.g. Cu: Cu_pv)),
+POTCAR.spec (the symbols) and `custodian.yaml`, the custodian spec (`cstdn run custodian.yaml` runs the same
+thing by hand). `run_vasp` runs that spec in-process with custodian, which logs every correction (SCF
+non-convergence -> ALGO/AMIX changes, ...) in `custodian.json`, and reads energy, forces and stress from
+`vasprun.xml`. Without PMG_VASP_PSP_DIR (environment or ~/.config/.pmgrc.yaml) the POTCAR cannot be written:
+a clear error says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import yaml
 from ase import Atoms
 
 from autopipec_fw.config import OracleSettings
-from autopipec_fw.oracle.calculators import OracleConfigError, effective_parameters
+from autopipec_fw.oracle.calculators import OracleConfigError, structure_parameters
+from autopipec_fw.oracle.kpoints import KpointGrid
 from autopipec_fw.training.locking import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,19 +42,11 @@ VALIDATORS = ["custodian.vasp.validators.VasprunXMLValidator"]
 SPEC_FILE = "custodian.yaml"
 
 _XC_GGA = {"PBE": "PE", "PW91": "91", "REVPBE": "RE", "RPBE": "RP", "PBESOL": "PS"}
-_NOT_INCAR = {"xc", "kpts", "gamma", "setups", "pp"}
+_NOT_INCAR = {"xc", "kpts", "gamma", "setups", "potcar_functional"}
 
 
-def _incar_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return ".TRUE." if v else ".FALSE."
-    if isinstance(v, list | tuple):
-        return " ".join(_incar_value(x) for x in v)
-    return str(v)
-
-
-def incar_text(params: dict[str, Any]) -> str:
-    """INCAR of a single point (energy, forces, stress) from the effective parameters."""
+def incar_tags(params: dict[str, Any]) -> dict[str, Any]:
+    """INCAR tags of a single point (energy, forces, stress) from the effective parameters."""
     tags: dict[str, Any] = {"NSW": 0, "IBRION": -1, "ISIF": 2}
     xc = str(params.get("xc", "PBE")).upper()
     if xc in _XC_GGA:
@@ -62,15 +57,14 @@ def incar_text(params: dict[str, Any]) -> str:
         if k.lower() in _NOT_INCAR:
             continue
         tags[k.upper()] = v
-    return "".join(f"{k} = {_incar_value(v)}\n" for k, v in tags.items())
+    return tags
 
 
-def kpoints_text(params: dict[str, Any]) -> str:
+def kpoint_mesh(params: dict[str, Any]) -> tuple[int, int, int]:
     kpts = params.get("kpts", [1, 1, 1])
     if not (isinstance(kpts, list | tuple) and len(kpts) == 3 and all(int(k) > 0 for k in kpts)):
         raise OracleConfigError(f"oracle.parameters.kpts: expected three positive integers, got {kpts!r}")
-    style = "Gamma" if params.get("gamma", True) else "Monkhorst-Pack"
-    return f"Automatic mesh\n0\n{style}\n{int(kpts[0])} {int(kpts[1])} {int(kpts[2])}\n0 0 0\n"
+    return int(kpts[0]), int(kpts[1]), int(kpts[2])
 
 
 def potcar_symbols(atoms: Atoms, params: dict[str, Any]) -> list[str]:
@@ -83,14 +77,32 @@ def potcar_symbols(atoms: Atoms, params: dict[str, Any]) -> list[str]:
     return [str(setups.get(s, s)) for s in sorted(set(atoms.get_chemical_symbols()))]
 
 
-def _potcar_dir(params: dict[str, Any]) -> Path | None:
-    root = os.environ.get("VASP_PP_PATH")
-    if not root:
-        return None
+def potcar_functional(params: dict[str, Any]) -> str:
+    from pymatgen.io.vasp.inputs import PotcarSingle
+
     xc = str(params.get("xc", "PBE")).upper()
-    sub = str(params.get("pp") or ("potpaw_LDA" if xc in ("LDA", "PZ") else "potpaw_PBE"))
-    d = Path(root) / sub
-    return d if d.is_dir() else None
+    func = str(params.get("potcar_functional") or ("LDA" if xc in ("LDA", "PZ") else "PBE"))
+    if func not in PotcarSingle.functional_dir:
+        raise OracleConfigError(
+            f"oracle.parameters.potcar_functional: {func!r} is not a pymatgen POTCAR functional; known: "
+            f"{sorted(PotcarSingle.functional_dir)}"
+        )
+    return func
+
+
+def potcar_dir() -> Path:
+    """pymatgen's PMG_VASP_PSP_DIR (environment or .pmgrc.yaml); OracleConfigError when unset or missing."""
+    from pymatgen.core import SETTINGS
+
+    d = SETTINGS.get("PMG_VASP_PSP_DIR") or os.environ.get("PMG_VASP_PSP_DIR")
+    if not d:
+        raise OracleConfigError(
+            "oracle.calculator 'vasp': PMG_VASP_PSP_DIR is not set: point it (environment, or PMG_VASP_PSP_DIR "
+            "in ~/.config/.pmgrc.yaml) at the folder holding POT_GGA_PAW_PBE/ (see `pmg config -p`)"
+        )
+    if not Path(d).is_dir():
+        raise OracleConfigError(f"oracle.calculator 'vasp': PMG_VASP_PSP_DIR {d} is not a folder")
+    return Path(d)
 
 
 def custodian_spec(settings: OracleSettings) -> dict[str, Any]:
@@ -114,7 +126,8 @@ def custodian_spec(settings: OracleSettings) -> dict[str, Any]:
         "handlers": [{"hdlr": h} for h in HANDLERS],
         "validators": [{"vldr": v} for v in VALIDATORS],
         "custodian_params": {
-            "max_errors": max(1, int(settings.max_scf_corrections)),
+            # custodian counts the failed attempts: max_scf_corrections corrected reruns = that + 1 errors
+            "max_errors": int(settings.max_scf_corrections) + 1,
             "scratch_dir": None,
             "polling_time_step": 5,
             "monitor_freq": 6,
@@ -122,73 +135,75 @@ def custodian_spec(settings: OracleSettings) -> dict[str, Any]:
     }
 
 
-def prepare_vasp(atoms: Atoms, settings: OracleSettings, folder: Path) -> dict[str, Path]:
-    """Write the VASP inputs and the custodian spec into `folder`; returns the written files by name."""
-    from ase.io import write
+def prepare_vasp(atoms: Atoms, settings: OracleSettings, folder: Path) -> tuple[dict[str, Path], dict[str, Any], KpointGrid | None]:
+    """Write the VASP inputs (pymatgen) and the custodian spec into `folder`; returns the written files by name,
+    the parameters (k-points included) and the k-point grid."""
+    from pymatgen.core import SETTINGS
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.vasp.inputs import Incar, Kpoints, Poscar, Potcar
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    params = effective_parameters(settings)
+    params, grid = structure_parameters(settings, atoms)
     order = np.argsort(atoms.get_chemical_symbols(), kind="stable")
     sorted_atoms = atoms[order]
+    sorted_atoms.set_constraint()
     files = {
         "INCAR": folder / "INCAR",
         "KPOINTS": folder / "KPOINTS",
         "POSCAR": folder / "POSCAR",
+        "POTCAR": folder / "POTCAR",
         "POTCAR.spec": folder / "POTCAR.spec",
         SPEC_FILE: folder / SPEC_FILE,
     }
-    atomic_write_text(files["INCAR"], incar_text(params))
-    atomic_write_text(files["KPOINTS"], kpoints_text(params))
-    write(files["POSCAR"], sorted_atoms, format="vasp", direct=True)
+    Incar(incar_tags(params)).write_file(files["INCAR"])
+    mesh = kpoint_mesh(params)
+    kpoints = Kpoints.gamma_automatic(mesh) if params.get("gamma", True) else Kpoints.monkhorst_automatic(mesh)
+    kpoints.write_file(files["KPOINTS"])
+    Poscar(AseAtomsAdaptor.get_structure(sorted_atoms)).write_file(files["POSCAR"])
     atomic_write_text(folder / "sort.json", json.dumps({"order": [int(i) for i in order]}))
     symbols = potcar_symbols(atoms, params)
     atomic_write_text(files["POTCAR.spec"], "\n".join(symbols) + "\n")
     atomic_write_text(files[SPEC_FILE], yaml.safe_dump(custodian_spec(settings), sort_keys=False))
-    ppdir = _potcar_dir(params)
-    if ppdir is not None:
-        parts = []
-        for sym in symbols:
-            f = ppdir / sym / "POTCAR"
-            if not f.is_file():
-                raise OracleConfigError(f"POTCAR for {sym!r} not found at {f} (check VASP_PP_PATH / setups)")
-            parts.append(f.read_text())
-        atomic_write_text(folder / "POTCAR", "".join(parts))
-        files["POTCAR"] = folder / "POTCAR"
-    return files
+    psp = potcar_dir()
+    functional = potcar_functional(params)
+    old = SETTINGS.get("PMG_VASP_PSP_DIR")
+    SETTINGS["PMG_VASP_PSP_DIR"] = str(psp)
+    try:
+        Potcar(symbols, functional=functional).write_file(files["POTCAR"])
+    except (OSError, ValueError) as e:
+        raise OracleConfigError(
+            f"oracle.parameters.setups: no POTCAR for {symbols} ({functional}) in {psp} ({e})"
+        ) from None
+    finally:
+        if old is None:
+            SETTINGS.pop("PMG_VASP_PSP_DIR", None)
+        else:
+            SETTINGS["PMG_VASP_PSP_DIR"] = old
+    return files, params, grid
 
 
-def run_vasp(atoms: Atoms, settings: OracleSettings, folder: Path) -> dict[str, Any]:
-    """Prepare, run VASP under custodian in `folder`, and return energy, forces and stress (input atom order)."""
+def run_vasp(atoms: Atoms, settings: OracleSettings, folder: Path) -> tuple[dict[str, Any], dict[str, Any], KpointGrid | None]:
+    """Prepare, run VASP under custodian in `folder`; energy, forces and stress (input atom order), the
+    parameters used and the k-point grid."""
+    from custodian import Custodian
+    from custodian.custodian import CustodianError
+
     from autopipec_fw.oracle.label import OracleError
 
     folder = Path(folder)
-    files = prepare_vasp(atoms, settings, folder)
-    if "POTCAR" not in files:
-        raise OracleError(
-            f"{folder}: no POTCAR: set VASP_PP_PATH to the folder holding potpaw_PBE/ (symbols in POTCAR.spec)"
-        )
-    try:
-        from custodian import Custodian
-        from custodian.custodian import CustodianError
-    except ImportError as e:  # pragma: no cover - custodian is a pinned dependency
-        raise OracleError(f"{folder}: custodian is not installed ({e})") from None
+    _, params, grid = prepare_vasp(atoms, settings, folder)
     spec = yaml.safe_load((folder / SPEC_FILE).read_text())
     spec["custodian_params"]["directory"] = str(folder)
-    try:
-        cust = Custodian.from_spec(spec)
-    except ImportError as e:
-        raise OracleError(
-            f"{folder}: custodian's VASP jobs need pymatgen ({e}); install pymatgen or run "
-            f"`cstdn run {SPEC_FILE}` in that folder where it is installed"
-        ) from None
+    cust = Custodian.from_spec(spec)
     try:
         cust.run()
     except CustodianError as e:
         raise OracleError(
-            f"{folder}: VASP failed under custodian ({e}); corrections are in custodian.json"
+            f"{folder}: VASP failed under custodian ({e}); corrections are in {folder / 'custodian.json'}; no label "
+            "written"
         ) from None
-    return read_vasp_results(folder, len(atoms))
+    return read_vasp_results(folder, len(atoms)), params, grid
 
 
 def read_vasp_results(folder: Path, natoms: int) -> dict[str, Any]:

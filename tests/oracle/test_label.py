@@ -12,6 +12,7 @@ from ase.calculators.emt import EMT
 
 from autopipec_fw.config import OracleSettings, StructureSettings
 from autopipec_fw.oracle.calculators import OracleConfigError, effective_parameters
+from autopipec_fw.oracle.kpoints import kpoint_grid
 from autopipec_fw.oracle.label import OracleError, label_structures, oracle_hash, reference_energies_for
 from autopipec_fw.structures import build_structure, bulk_training_structures
 from autopipec_fw.training.dataset import TrainingSet, structure_hash
@@ -31,15 +32,21 @@ def test_emt_labels_and_second_labelling_adds_nothing(tmp_path):
     for src, lab in zip(structures, labelled, strict=True):
         ref = src.copy()
         ref.calc = EMT()
-        assert lab.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-8)
-        assert np.allclose(lab.get_forces(), ref.get_forces(), atol=1e-8)
+        # the code runs on the folder's input.extxyz (positions to 1e-8 Å): labels agree to ~1e-8
+        assert lab.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+        assert np.allclose(lab.get_forces(), ref.get_forces(), atol=1e-6)
         assert lab.get_stress().shape == (6,)
         h = structure_hash(src)
         assert lab.info["structure_hash"] == h and lab.info["oracle_hash"] == oracle_hash(settings)
         assert lab.info["source"] == "initial"
         folder = tmp_path / "calc" / h
-        assert {"input.extxyz", "result.extxyz", "oracle.json"} <= {p.name for p in folder.iterdir()}
-        assert json.loads((folder / "oracle.json").read_text())["calculator"] == "emt"
+        assert {"input.extxyz", "result.extxyz", "oracle.json", "custodian.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+        meta = json.loads((folder / "oracle.json").read_text())
+        assert meta["calculator"] == "emt" and meta["kpoints"] is None and meta["scf_corrections"] == 0
+        (run,) = json.loads((folder / "custodian.json").read_text())
+        assert run["job"]["@class"] == "EmtJob" and run["corrections"] == []
 
     ts = TrainingSet(tmp_path / "data.pckl.gzip")
     assert ts.add(labelled, "initial", oracle_hash(settings), reference_energies_for(settings, ["Cu"])) == 5
@@ -87,40 +94,132 @@ def test_oracle_hash_covers_defaults_and_parameters():
     assert effective_parameters(qe_hi)["input_data"]["system"]["ecutrho"] == 240.0  # defaults kept
 
 
+def al2():
+    """2-atom Al cell (fcc primitive x 2 along c), rattled: the tiny DFT test system."""
+    at = bulk("Al", "fcc", a=4.05) * (1, 1, 2)
+    at.rattle(0.05, seed=1)
+    return at
+
+
+# tiny, fast DFT settings (~1 s per single point here); what is tested is the oracle stage, not the physics
+GPAW_TINY = {"mode": {"name": "pw", "ecut": 200.0}}
+QE_TINY = {"input_data": {"system": {"ecutwfc": 15.0, "ecutrho": 120.0}}}
+DENSITY = 1.2  # k-points per 1/Å: a 4x4x2 grid for al2()
+
+
 def _check_dft_label(tmp_path, settings, raw_files):
-    at = cu4()
+    at = al2()
     (lab,) = label_structures([at], settings, tmp_path)
     f = lab.get_forces()
-    assert f.shape == (4, 3) and np.all(np.isfinite(f))
+    assert f.shape == (2, 3) and np.all(np.isfinite(f))
     assert np.abs(f).max() > 1e-3  # the rattle gives real forces
     assert np.allclose(f.sum(axis=0), 0.0, atol=0.05)  # momentum conservation of a periodic cell
     assert lab.get_stress().shape == (6,)
     folder = tmp_path / structure_hash(at)
     names = {p.name for p in folder.iterdir()}
-    assert set(raw_files) <= names, names
+    assert set(raw_files) | {"custodian.json", "oracle.json", "oracle_parameters.json"} <= names, names
+    meta = json.loads((folder / "oracle.json").read_text())
+    expect = kpoint_grid(at, DENSITY).grid
+    assert meta["kpoints"]["grid"] == list(expect) and meta["kpoint_density"] == DENSITY
+    assert meta["scf_corrections"] == 0
+    (run,) = json.loads((folder / "custodian.json").read_text())
+    assert run["corrections"] == [] and run["validator"] is None
     # a second call reuses the finished folder and gives the same numbers
     (again,) = label_structures([at], settings, tmp_path)
     assert again.get_potential_energy() == lab.get_potential_energy()
     ts = TrainingSet(tmp_path / "data.pckl.gzip")
     assert ts.add([lab], "test", oracle_hash(settings)) == 1
-    return lab
+    return lab, meta
 
 
 @pytest.mark.slow
-def test_gpaw_labels_a_4_atom_cu_cell(tmp_path):
+def test_gpaw_labels_a_2_atom_al_cell(tmp_path):
     pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
-    lab = _check_dft_label(tmp_path, OracleSettings(calculator="gpaw"), ["gpaw.txt"])
+    settings = OracleSettings(calculator="gpaw", parameters=GPAW_TINY, kpoint_density=DENSITY)
+    lab, meta = _check_dft_label(tmp_path, settings, ["gpaw.txt", "gpaw_result.extxyz"])
     assert lab.info["oracle"] == "gpaw"
+    assert meta["parameters"]["kpts"] == {"size": list(kpoint_grid(al2(), DENSITY).grid), "gamma": True}
+    # GPAW's own log shows the grid it used
+    txt = (tmp_path / structure_hash(al2()) / "gpaw.txt").read_text()
+    n1, n2, n3 = kpoint_grid(al2(), DENSITY).grid
+    assert f"Monkhorst-Pack size: [{n1}, {n2}, {n3}]" in txt
+    # a 1-atom cell gets its own, denser grid from the same density; one oracle hash, one training set
+    one = bulk("Al", "fcc", a=4.05)
+    (lab1,) = label_structures([one], settings, tmp_path)
+    meta1 = json.loads((tmp_path / structure_hash(one) / "oracle.json").read_text())
+    assert meta1["kpoints"]["grid"] == list(kpoint_grid(one, DENSITY).grid) != meta["kpoints"]["grid"]
+    assert meta1["oracle_hash"] == meta["oracle_hash"] == oracle_hash(settings)
+    assert TrainingSet(tmp_path / "data.pckl.gzip").add([lab1], "test", oracle_hash(settings)) == 1
 
 
 @pytest.mark.slow
-def test_espresso_labels_a_4_atom_cu_cell(tmp_path):
+def test_a_crashed_gpaw_run_is_reported_and_labels_nothing(tmp_path):
+    pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
+    settings = OracleSettings(calculator="gpaw", parameters={**GPAW_TINY, "xc": "NO-SUCH-XC"}, kpoint_density=DENSITY)
+    folder = tmp_path / structure_hash(al2())
+    with pytest.raises(OracleError, match=rf"{folder}: gpaw single point failed \(exit code 1, Validation failed"):
+        label_structures([al2()], settings, tmp_path)
+    run, corr = _corrections(folder)
+    assert corr == [] and run["validator"]["@class"] == "SinglePointValidator"
+    assert "NO-SUCH-XC" in (folder / "gpaw.err").read_text()  # the traceback is kept
+    assert not (folder / "result.extxyz").exists()
+
+
+@pytest.mark.slow
+def test_espresso_labels_a_2_atom_al_cell(tmp_path):
     if shutil.which("pw.x") is None:
         pytest.fail("pw.x not found: Quantum ESPRESSO comes with scripts/setup.sh --tests")
-    lab = _check_dft_label(tmp_path, OracleSettings(calculator="espresso"), ["espresso.pwi", "espresso.pwo"])
-    meta = json.loads(next(tmp_path.glob("*/oracle.json")).read_text())
-    assert meta["parameters"]["pseudopotentials"] == {"Cu": "Cu.pz-d-rrkjus.UPF"}
+    settings = OracleSettings(calculator="espresso", parameters=QE_TINY, kpoint_density=DENSITY)
+    lab, meta = _check_dft_label(tmp_path, settings, ["espresso.pwi", "espresso.pwo"])
+    assert meta["parameters"]["pseudopotentials"] == {"Al": "Al.pz-vbc.UPF"}
     assert lab.info["oracle"] == "espresso"
+    pwi = (tmp_path / structure_hash(al2()) / "espresso.pwi").read_text()
+    n1, n2, n3 = kpoint_grid(al2(), DENSITY).grid
+    assert f"{n1} {n2} {n3}  0 0 0" in pwi
+
+
+def _corrections(folder):
+    (run,) = json.loads((folder / "custodian.json").read_text())
+    return run, [c for c in run["corrections"]]
+
+
+@pytest.mark.slow
+def test_gpaw_scf_failure_is_corrected_by_custodian_and_the_label_accepted(tmp_path):
+    pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
+    # 4 SCF iterations cannot converge: the first attempt fails; custodian doubles maxiter until it does
+    settings = OracleSettings(
+        calculator="gpaw", parameters={**GPAW_TINY, "maxiter": 4}, kpoint_density=DENSITY, max_scf_corrections=3
+    )
+    (lab,) = label_structures([al2()], settings, tmp_path)
+    folder = tmp_path / structure_hash(al2())
+    run, corr = _corrections(folder)
+    assert 1 <= len(corr) <= 3 and all(c["errors"] == ["scf_unconverged"] for c in corr)
+    assert corr[0]["handler"]["@class"] == "GpawScfHandler"
+    sets = [a["action"]["_set"] for a in corr[0]["actions"]]
+    assert {"maxiter": 8} in sets and sets[1]["mixer"]["beta"] == pytest.approx(0.025)
+    # the failed attempt's own GPAW log is kept, the label is the converged one
+    assert (folder / "gpaw.attempt0.txt").exists() and (folder / "result.extxyz").exists()
+    used = json.loads((folder / "oracle.json").read_text())
+    assert used["scf_corrections"] == len(corr) and used["parameters"]["maxiter"] == 4 * 2 ** len(corr)
+    ref = label_structures([al2()], OracleSettings(calculator="gpaw", parameters=GPAW_TINY, kpoint_density=DENSITY),
+                           tmp_path / "ref")[0]
+    assert lab.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_gpaw_scf_failure_past_max_corrections_fails_the_stage_naming_the_folder(tmp_path):
+    pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
+    settings = OracleSettings(
+        calculator="gpaw", parameters={**GPAW_TINY, "maxiter": 1}, kpoint_density=DENSITY, max_scf_corrections=1
+    )
+    folder = tmp_path / structure_hash(al2())
+    with pytest.raises(OracleError, match=rf"{folder}: SCF did not converge after 1 correction.*custodian.json"):
+        label_structures([al2()], settings, tmp_path)
+    run, corr = _corrections(folder)
+    assert len(corr) == 1 and run["max_errors_per_handler"] is True
+    assert {"maxiter": 2} in [a["action"]["_set"] for a in corr[0]["actions"]]
+    assert (folder / "gpaw.attempt0.txt").exists() and (folder / "gpaw.txt").exists()
+    assert not (folder / "result.extxyz").exists()  # never enters the training set
 
 
 @pytest.mark.slow
@@ -129,37 +228,27 @@ def test_espresso_scf_failure_is_corrected_then_reported(tmp_path):
         pytest.fail("pw.x not found: Quantum ESPRESSO comes with scripts/setup.sh --tests")
     settings = OracleSettings(
         calculator="espresso",
-        parameters={"input_data": {"electrons": {"electron_maxstep": 2}}},
+        parameters={"input_data": {**QE_TINY["input_data"], "electrons": {"electron_maxstep": 2}}},
+        kpoint_density=DENSITY,
         max_scf_corrections=1,
     )
-    with pytest.raises(OracleError, match=r"SCF did not converge after 1 correction.*corrections.json"):
-        label_structures([cu4()], settings, tmp_path)
-    folder = tmp_path / structure_hash(cu4())
-    log = json.loads((folder / "corrections.json").read_text())
-    assert log[0]["errors"] == ["scf_unconverged"]
-    sets = {k: v for a in log[0]["actions"] for k, v in a["action"]["_set"].items()}
-    assert sets == {"electron_maxstep": 4, "mixing_beta": 0.35}
+    folder = tmp_path / structure_hash(al2())
+    with pytest.raises(OracleError, match=rf"{folder}: SCF did not converge after 1 correction.*custodian.json"):
+        label_structures([al2()], settings, tmp_path)
+    run, corr = _corrections(folder)
+    assert len(corr) == 1 and corr[0]["handler"]["@class"] == "EspressoScfHandler"
+    sets = {k: v for a in corr[0]["actions"] for k, v in a["action"]["_set"].items()}
+    assert sets == {"input_data->electrons->electron_maxstep": 4, "input_data->electrons->mixing_beta": 0.35}
     # both attempts' raw output kept, no result written
-    assert (folder / "espresso.attempt0.pwo").exists() and (folder / "espresso.attempt1.pwo").exists()
-    assert "electron_maxstep = 4" in (folder / "espresso.attempt1.pwi").read_text()
+    assert (folder / "espresso.attempt0.pwo").exists() and (folder / "espresso.pwo").exists()
+    assert "electron_maxstep = 4" in (folder / "espresso.pwi").read_text()
     assert not (folder / "result.extxyz").exists()
 
-
-@pytest.mark.slow
-def test_gpaw_scf_failure_gets_more_iterations_and_recovers(tmp_path):
-    pytest.importorskip("gpaw", reason="GPAW comes with scripts/setup.sh --tests")
-    # Γ-point only keeps this cheap: what is tested is the correction loop, not the physics
-    settings = OracleSettings(
-        calculator="gpaw",
-        parameters={"maxiter": 5, "kpts": {"size": [1, 1, 1], "gamma": True}},
-        max_scf_corrections=3,
-    )
-    (lab,) = label_structures([cu4()], settings, tmp_path)
-    folder = tmp_path / structure_hash(cu4())
-    log = json.loads((folder / "corrections.json").read_text())
-    assert 1 <= len(log) <= 3 and all(e["errors"] == ["scf_unconverged"] for e in log)
-    assert (folder / "gpaw.attempt0.txt").exists() and (folder / "result.extxyz").exists()
-    assert np.isfinite(lab.get_potential_energy())
+    # with more corrections the same failure is repaired and the label accepted
+    settings.max_scf_corrections = 4
+    (lab,) = label_structures([al2()], settings, tmp_path / "again")
+    _, corr = _corrections(tmp_path / "again" / structure_hash(al2()))
+    assert len(corr) >= 1 and np.isfinite(lab.get_potential_energy())
 
 
 def test_folder_of_other_oracle_settings_is_not_reused(tmp_path):
