@@ -1,9 +1,19 @@
 """The embedded LaunchPad database: a MongoDB-wire-protocol server (mongoeco) on 127.0.0.1 with an SQLite store.
 
-`mlip-auto db start|stop|status` manages it. State lives in `<workspace>/.launchpad/`:
-`store.sqlite` (the data), `server.json` (pid, host, port), `server.log`. The server is a detached process
-stopped by its PID. Stock `lpad`, `rlaunch`, `qlaunch` and `lpad webgui` use it through the
-`my_launchpad.yaml` written next to it (see `launchpad.files`).
+`mlip-auto db start|stop|status` manages it; `mlip-auto run-loop` uses it (`EmbeddedServer.use`). State lives in
+`<workspace>/.launchpad/`: `store.sqlite` (the data), `server.json` (pid, host, port, owner; written by the server
+itself), `server.log`, and the locks described in `EmbeddedServer`. Lifecycle rules:
+
+- one server per store: the server process holds an flock on `store.sqlite.server.lock` for its whole life; a
+  second one on the same store exits at once (code 3). A `server.json` whose server does not hold that lock is
+  stale and removed.
+- stopped only by its owner: `db start` makes the user the owner (only `db stop` stops it); a run-loop that
+  starts it owns it and stops it when it ends, unless another run-loop still uses it, in which case the last
+  run-loop to end stops it. A run-loop that finds a server started by a run-loop that has died (kill -9) adopts
+  it with its ownership. A run-loop that merely uses a server owned by a live process never stops it.
+- what mongoeco lacks is translated here, on our side of the wire (`translate_command`).
+Stock `lpad`, `rlaunch`, `qlaunch` and `lpad webgui` use the server through the `my_launchpad.yaml` written next to
+it (see `launchpad.files`).
 """
 
 from __future__ import annotations
@@ -160,6 +170,10 @@ class EmbeddedServer:
             self.info_file.unlink(missing_ok=True)
             return None
         return info
+
+    def in_use(self) -> bool:
+        """Some run-loop uses the server (holds users.lock)."""
+        return is_locked(self.users_file)
 
     def status(self) -> dict[str, object]:
         info = self.info()
