@@ -258,7 +258,9 @@ class LocalRunner:
     lost_check_every: float = 60.0  # how often a running runner looks for lost launches of other workers
     _live: list[Worker] = field(default_factory=list)
     _launcher: LauncherClient | None = None
+    max_reruns: int = 1  # a launch of ours that dies mid-run is rerun this often, then FIZZLED
     _waiting_for: set[int] = field(default_factory=set)
+    _reruns: dict[int, int] = field(default_factory=dict)
     _last_lost_check: float = field(default_factory=time.monotonic)
 
     def wf_doc(self) -> dict:
@@ -322,17 +324,25 @@ class LocalRunner:
             self._save_records(records)
 
     def _ended(self, ended: list[Worker]) -> None:
-        """Workers that exited. One whose Firework is still RUNNING died mid-launch (a crash, a signal): its
-        launch is marked FIZZLED, so the workflow says so (and the next run-loop reruns it)."""
+        """Workers that exited. One whose Firework is still RUNNING died mid-launch (killed, crashed): its launch
+        is provably dead, so the Firework is rerun, up to ``max_reruns`` times per runner; after that its launch
+        is marked FIZZLED, so the workflow says so (the next run-loop reruns it once more)."""
         records = self._records()
         for w in ended:
             doc = self.lp.fireworks.find_one({"fw_id": w.fw_id}, {"state": 1, "launches": 1}) or {}
             if doc.get("state") != "RUNNING" or not doc.get("launches"):
                 continue
             dead, why = self.launch_verdict(w.fw_id, records, lost=set())
-            if dead:
-                launch_id = int(doc["launches"][-1])
-                log.error("%s (fw %d): %s before finishing; its launch %d is marked FIZZLED (log: %s)",
+            if not dead:
+                continue
+            launch_id = int(doc["launches"][-1])
+            if self._reruns.get(w.fw_id, 0) < self.max_reruns:
+                self._reruns[w.fw_id] = self._reruns.get(w.fw_id, 0) + 1
+                log.warning("%s (fw %d): %s before finishing; rerunning it (log: %s)", w.name, w.fw_id, why,
+                            w.log_path)
+                self.lp.rerun_fw(w.fw_id)
+            else:
+                log.error("%s (fw %d): %s before finishing, again; its launch %d is marked FIZZLED (log: %s)",
                           w.name, w.fw_id, why, launch_id, w.log_path)
                 self.lp.mark_fizzled(launch_id)
         self._forget([w.fw_id for w in ended])
