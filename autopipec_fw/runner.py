@@ -57,7 +57,7 @@ class CampaignBusy(LockBusy):
     """Another run-loop runs this campaign."""
 
 
-def campaign_lock(campaign: Campaign, base: Path | None = None, command: str = "mlip-auto run-loop") -> HolderLock:
+def campaign_lock(campaign: Campaign, base: Path | None = None, command: str | None = None) -> HolderLock:
     """Hold the campaign for this process (one runner per campaign); raise CampaignBusy naming the holder.
 
     The lock is an flock, so a runner that died (kill -9, a lost node) leaves nothing to clean up: the next one
@@ -603,13 +603,14 @@ def database_errors(launchpad_file: Path, lease: Any = None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def campaign_session(campaign: Campaign, workspace: Path, launchpad_file: str | Path | None = None,
-                     port: int = 27018, command: str = "mlip-auto run-loop") -> Iterator[Session]:
+                     port: int = 27018, command: str | None = None) -> Iterator[Session]:
     """Everything a run-loop holds while it runs a campaign, released however it ends:
 
     1. the campaign (`campaign_lock`): a second run-loop on it refuses at once, naming this one;
     2. the embedded server of the workspace (unless ``launchpad_file`` names another LaunchPad): started here
        and then stopped here, or used as it runs (`EmbeddedServer.use`);
-    3. the campaign's workflow, submitted once (`submit`)."""
+    3. the campaign's workflow, submitted once (`submit`).
+    ``command`` names this process in the lock records (default: its command line)."""
     from autopipec_fw.launchpad.files import (
         ensure_initialized,
         load_launchpad,

@@ -264,7 +264,7 @@ class EmbeddedServer:
         log.info("embedded LaunchPad server (pid %d) stopped", info.pid)
         return True
 
-    def use(self, command: str = OWNER_RUN_LOOP, timeout: float = 60.0) -> ServerLease:
+    def use(self, command: str | None = None, timeout: float = 60.0) -> ServerLease:
         """A run-loop's use of the server: started here if none runs (then this process owns it), else adopted.
 
         A server whose owner was a run-loop that is gone (killed, crashed) is adopted *with* its ownership, so
