@@ -259,6 +259,11 @@ class EmbeddedServer:
             return False
         if not terminate(info.pid, timeout):
             raise DatabaseError(f"the embedded LaunchPad server (pid {info.pid}) could not be stopped")
+        # a multi-threaded process shows as a zombie while its last threads still hold its files: wait for the
+        # store lock to go, so that a stopped server's store is free
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
         # the server removes its own record; a SIGKILLed one cannot
         self.info_file.unlink(missing_ok=True)
         log.info("embedded LaunchPad server (pid %d) stopped", info.pid)

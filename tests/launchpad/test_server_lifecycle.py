@@ -147,6 +147,9 @@ def test_killed_server_record_is_stale_and_a_rerun_works(tmp_path: Path) -> None
     lp.reset("", require_password=False)
     os.kill(db.info.pid, signal.SIGKILL)
     assert wait_gone([db.info.pid], 10) == []
+    deadline = time.monotonic() + 10
+    while db.server.running() and time.monotonic() < deadline:  # its last threads still closing its files
+        time.sleep(0.02)
     assert db.server.info_file.exists()  # a SIGKILLed server cannot remove its record
     assert db.server.info() is None and not db.server.info_file.exists()
     assert not db.server.running() and store_lock_path(db.server.store).exists()
