@@ -239,6 +239,14 @@ class Worker:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def exit_code(self) -> int | None:
+        """The launch process's exit code once it has ended (negative: killed by that signal), else None."""
+        if self.proc is not None:
+            return self.proc.poll()
+        if self.launcher is not None:
+            return self.launcher.exit_code(self.fw_id)
+        return None
+
 
 @dataclass
 class LocalRunner:
@@ -329,6 +337,8 @@ class LocalRunner:
         is marked FIZZLED, so the workflow says so (the next run-loop reruns it once more)."""
         records = self._records()
         for w in ended:
+            if w.exit_code() == 0:
+                continue  # its launch ended as FireWorks ends launches (or another worker had the Firework)
             doc = self.lp.fireworks.find_one({"fw_id": w.fw_id}, {"state": 1, "launches": 1}) or {}
             if doc.get("state") != "RUNNING" or not doc.get("launches"):
                 continue

@@ -90,6 +90,7 @@ from autopipec_fw.launchpad.files import load_launchpad
 from autopipec_fw.runner import submit
 campaign, lp = load_campaign(sys.argv[1]), load_launchpad(sys.argv[2])
 lp.workflows.find_one({})  # connected before the start signal
+print("ready", flush=True)
 go = Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)
@@ -107,7 +108,8 @@ def test_two_submits_at_the_same_moment_make_one_workflow(embedded_db: EmbeddedD
         procs = [subprocess.Popen([sys.executable, "-c", SUBMIT, str(cfg), str(embedded_db.launchpad_file),
                                    str(go)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-        time.sleep(3)  # both imported and connected, spinning on the start signal
+        for p in procs:  # both imported and connected, then spinning on the start signal
+            assert p.stdout.readline().strip() == "ready"
         go.touch()
         outs = [p.communicate(timeout=120) for p in procs]
         assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
