@@ -244,6 +244,38 @@ def test_a_launch_killed_mid_run_is_rerun_once_then_fizzled(embedded_db: Embedde
         runner.stop_workers()
 
 
+def test_runner_beside_a_live_rlaunch_worker_waits_for_it(embedded_db: EmbeddedDB, tmp_path: Path) -> None:
+    """An rlaunch worker runs a Firework of the campaign when the runner starts: not rerun, waited for, run once."""
+    from fireworks import Firework, ScriptTask, Workflow
+
+    lp = embedded_db.launchpad()
+    ensure_initialized(lp)
+    ledger = tmp_path / "ledger.txt"
+    first = Firework([ScriptTask.from_str(f"echo first >> {ledger}; sleep 6")], name="first")
+    second = Firework([ScriptTask.from_str(f"echo second >> {ledger}")], name="second", parents=[first])
+    lp.add_wf(Workflow([first, second], name="beside"))
+    fid = lp.get_fw_ids({"name": "first"})[0]
+    elsewhere = tmp_path / "rlaunch-elsewhere"
+    elsewhere.mkdir()
+    worker = subprocess.Popen([str(BIN / "rlaunch"), "-l", str(embedded_db.launchpad_file), "singleshot",
+                               "--fw_id", str(fid)], cwd=elsewhere, env=embedded_db.env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while lp.get_fw_by_id(fid).state != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lp.get_fw_by_id(fid).state == "RUNNING"
+        runner = LocalRunner(lp, embedded_db.launchpad_file, CampaignLayout(tmp_path / "campaign"), fid, workers=2,
+                             poll=0.3, warm=False)
+        assert runner.recover() == []  # another worker's live launch
+        assert runner.run() == "COMPLETED"
+    finally:
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err[-2000:]
+    assert ledger.read_text().split() == ["first", "second"]  # each exactly once, in order
+    assert lp.launches.count_documents({"fw_id": fid}) == 1
+
+
 # ---- two real run-loops
 @pytest.mark.slow
 @pytest.mark.timeout(600)
