@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from autopipec_fw.config import ConfigError, load_campaign
+from autopipec_fw.launchpad.locks import LockBusy
 
 log = logging.getLogger("mlip-auto")
 
@@ -30,7 +31,7 @@ def _error(e: BaseException) -> None:
 # ---------------------------------------------------------------- db
 def cmd_db(args: argparse.Namespace) -> int:
     from autopipec_fw.launchpad.files import write_fw_config, write_launchpad_file
-    from autopipec_fw.launchpad.server import EmbeddedServer
+    from autopipec_fw.launchpad.server import DatabaseError, EmbeddedServer
 
     ws = Path(args.workspace).resolve()
     server = EmbeddedServer(ws, port=args.port)
@@ -46,13 +47,18 @@ def cmd_db(args: argparse.Namespace) -> int:
         print(f"store: {info.store}")
         print(f"wrote {ws / 'my_launchpad.yaml'} and {ws / 'FW_config.yaml'}")
     elif args.action == "stop":
+        if server.in_use() and not args.force:
+            raise DatabaseError(f"the embedded LaunchPad server of {ws} is in use by a running mlip-auto run-loop; "
+                                "it stops the server itself when it ends (or use 'mlip-auto db stop --force')")
         print("stopped" if server.stop() else "no embedded LaunchPad server was running")
     else:
         st = server.status()
         if args.json:
             print(json.dumps(st))
         elif st["running"]:
-            print(f"running: {st['uri']} (pid {st['pid']}), store {st['store']} ({st['store_bytes']} bytes)")
+            print(f"running: {st['uri']} (pid {st['pid']}, since {st['since']}), started by "
+                  f"{st['owner_command'] or st['owner_kind']} (pid {st['owner_pid']}), store {st['store']} "
+                  f"({st['store_bytes']} bytes)" + ("; in use by a run-loop" if st["in_use_by_run_loops"] else ""))
         else:
             print(f"not running; store {st['store']} ({st['store_bytes']} bytes)")
             return 3
@@ -144,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("--workspace", default=".", help="folder holding .launchpad/ and my_launchpad.yaml")
     db.add_argument("--port", type=int, default=27018)
     db.add_argument("--json", action="store_true", help="status as JSON")
+    db.add_argument("--force", action="store_true", help="stop: also while a run-loop uses the server")
     db.set_defaults(func=cmd_db)
 
     cfg = sub.add_parser("config", help="check or print a campaign file")
@@ -191,12 +198,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         _error(e)
         return 2
+    except LockBusy as e:  # another run-loop runs this campaign: it names itself
+        _error(e)
+        return 3
     except RuntimeError as e:  # DatabaseError and stage failures carry a readable message
         _error(e)
         return 1
     except KeyboardInterrupt:
         _console().print("interrupted")
         return 130
+    except Exception as e:
+        from pymongo.errors import ConnectionFailure
+
+        if not isinstance(e, ConnectionFailure):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        _error(RuntimeError(f"the LaunchPad database is not answering ({type(e).__name__}: {first[:200]}); "
+                            "check it (mlip-auto db status) and run the same command again"))
+        return 1
 
 
 if __name__ == "__main__":

@@ -64,34 +64,16 @@ def _progress_table(p: dict) -> Table:
 def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str | None, workers: int,
                       port: int) -> int:
     """mlip-auto run-loop: embedded server (unless a LaunchPad file is given), submit, run, report."""
-    from autopipec_fw.launchpad.files import (
-        ensure_initialized,
-        load_launchpad,
-        write_fw_config,
-        write_launchpad_file,
-    )
-    from autopipec_fw.launchpad.server import EmbeddedServer
-    from autopipec_fw.runner import LocalRunner, campaign_status, submit
+    from autopipec_fw.runner import campaign_session, campaign_status
 
     console = Console(stderr=True)
-    started: EmbeddedServer | None = None
-    if launchpad_file is None:
-        server = EmbeddedServer(workspace, port=port)
-        was_running = server.info() is not None
-        info = server.start()
-        write_launchpad_file(workspace, host=info.host, port=info.port)
-        write_fw_config(workspace)
-        lp_path = workspace / "my_launchpad.yaml"
-        started = None if was_running else server
-    else:
-        lp_path = Path(launchpad_file).resolve()
-    try:
-        lp = load_launchpad(lp_path)
-        ensure_initialized(lp)
-        layout, fw_id, added = submit(campaign, lp, base=workspace)
+    # holds the campaign (a second run-loop refuses), the server (started and stopped here, or shared) and the
+    # workflow (submitted once)
+    with campaign_session(campaign, workspace, launchpad_file, port) as session:
+        lp, layout, fw_id, added = session.lp, session.layout, session.fw_id, session.added
         console.print(f"campaign [bold]{campaign.name}[/bold] in {layout.root} "
                       f"({'submitted' if added else 'continuing'})", soft_wrap=True)
-        runner = LocalRunner(lp, lp_path, layout, fw_id, workers=workers)
+        runner = session.runner(workers=workers)
         if runner.wf_doc()["state"] != "COMPLETED":
             runner.recover()
             with Live(_progress_table(runner.progress()), console=console, refresh_per_second=2,
@@ -106,6 +88,3 @@ def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str |
         console.print(f"[red]campaign {campaign.name} ended {st.state}[/red]; "
                       "fix the cause and run the same command again to continue")
         return 1
-    finally:
-        if started is not None:
-            started.stop()

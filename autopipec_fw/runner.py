@@ -5,20 +5,31 @@ The local runner is an ordinary FireWorks worker pool: it launches the campaign'
 does is equally possible with `qlaunch rapidfire` on SLURM. By default the launches are forked from one warm
 launcher process (`autopipec_fw.launcher`: FireWorks and the stage code imported once) instead of a new `rlaunch`
 process per Firework (``warm=False``). Interrupted, it is simply run again: Fireworks left RUNNING by workers that
-no longer exist are rerun, finished ones are not.
+provably no longer exist are rerun, finished ones are not.
+
+One runner per campaign: `campaign_lock` (an flock on `<campaign>/.run-loop.lock` naming its holder) makes a
+second `run-loop` on the same campaign refuse at once, naming the first (pid, host, since when). Beside other
+workers (`rlaunch`, `qlaunch` on the same LaunchPad) the runner reruns a RUNNING Firework only when its launch is
+provably dead: a launch this campaign's runner started (recorded in `launches/run-loop-launches.json`: pid,
+process start time, host, launch id) whose process is gone, or any launch that FireWorks' lost-run detection
+finds (no ping for `lost_after` seconds; default FireWorks' RUN_EXPIRATION_SECS, 4 h, while workers ping every
+PING_TIME_SECS, 1 h). Live launches of other workers are waited for. `submit` holds `<campaign>/.submit.lock`, so
+two submits of one campaign, even at the same moment, make one workflow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +37,8 @@ from typing import Any
 from autopipec_fw.campaign import CampaignLayout, prepare_campaign, stage_records
 from autopipec_fw.config import Campaign
 from autopipec_fw.launcher import LauncherClient
-from autopipec_fw.processes import pid_alive
+from autopipec_fw.launchpad.locks import Holder, HolderLock, LockBusy, flocked
+from autopipec_fw.processes import create_time, is_same_process, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +49,53 @@ def find_workflow(lp, campaign_dir: Path) -> int | None:
     return int(doc["nodes"][0]) if doc and doc.get("nodes") else None
 
 
+RUN_LOCK = ".run-loop.lock"
+SUBMIT_LOCK = ".submit.lock"
+
+
+class CampaignBusy(LockBusy):
+    """Another run-loop runs this campaign."""
+
+
+def campaign_lock(campaign: Campaign, base: Path | None = None, command: str | None = None) -> HolderLock:
+    """Hold the campaign for this process (one runner per campaign); raise CampaignBusy naming the holder.
+
+    The lock is an flock, so a runner that died (kill -9, a lost node) leaves nothing to clean up: the next one
+    takes over and logs whom it took over from."""
+    root = campaign.resolved_workdir(base)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = HolderLock(root / RUN_LOCK, f"campaign '{campaign.name}' ({root})")
+    try:
+        lock.acquire(Holder.me(command=command, campaign=campaign.name))
+    except LockBusy as e:
+        h = e.holder
+        who = h.describe() if h else "another process"
+        raise CampaignBusy(f"campaign '{campaign.name}' ({root}) is already being run by {who}; wait for it to "
+                           f"end, or stop it (kill {h.pid if h else '<pid>'}) and run this again", h) from None
+    if lock.previous is not None and lock.previous.pid != os.getpid():
+        log.info("took over campaign %s from %s, which has ended", campaign.name, lock.previous.describe())
+    return lock
+
+
 def submit(campaign: Campaign, lp, base: Path | None = None) -> tuple[CampaignLayout, int, bool]:
     """Prepare the campaign folder and add its workflow, unless this LaunchPad already has it.
 
-    Returns (layout, an fw_id of the workflow, whether it was added now)."""
+    One submit at a time per campaign folder (`<campaign>/.submit.lock`), so submitting twice, even at the
+    same moment from two processes, adds one workflow. Returns (layout, an fw_id of the workflow, whether it
+    was added now)."""
     from autopipec_fw.workflows import campaign_workflow
 
     root = campaign.resolved_workdir(base)
-    layout = prepare_campaign(campaign, root)
-    existing = find_workflow(lp, layout.root)
-    if existing is not None:
-        log.info("campaign %s is already on the LaunchPad (workflow of fw %d)", campaign.name, existing)
-        return layout, existing, False
-    wf = campaign_workflow(layout.campaign(), layout.root)
-    id_map = lp.add_wf(wf)
-    return layout, min(id_map.values()), True
+    root.mkdir(parents=True, exist_ok=True)
+    with flocked(root / SUBMIT_LOCK, f"submitting campaign '{campaign.name}' ({root})"):
+        layout = prepare_campaign(campaign, root)
+        existing = find_workflow(lp, layout.root)
+        if existing is not None:
+            log.info("campaign %s is already on the LaunchPad (workflow of fw %d)", campaign.name, existing)
+            return layout, existing, False
+        wf = campaign_workflow(layout.campaign(), layout.root)
+        id_map = lp.add_wf(wf)
+        return layout, min(id_map.values()), True
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -136,6 +180,42 @@ def all_campaigns(lp) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------- runner
+LAUNCH_RECORDS = "run-loop-launches.json"
+
+
+def run_expiration_secs(workspace: Path | None = None) -> float:
+    """FireWorks' lost-run timeout: RUN_EXPIRATION_SECS of the workspace's FW_config.yaml, else FireWorks' own
+    (4 h, four missed pings of PING_TIME_SECS = 1 h)."""
+    from fireworks.fw_config import RUN_EXPIRATION_SECS
+
+    if workspace is not None:
+        import yaml
+
+        with contextlib.suppress(OSError, ValueError, yaml.YAMLError):
+            cfg = yaml.safe_load((Path(workspace) / "FW_config.yaml").read_text()) or {}
+            if isinstance(cfg, dict) and cfg.get("RUN_EXPIRATION_SECS") is not None:
+                return float(cfg["RUN_EXPIRATION_SECS"])
+    return float(RUN_EXPIRATION_SECS)
+
+
+def _last_ping_age(launch_doc: dict) -> float | None:
+    """Seconds since the launch's last ping (its RUNNING state's updated_on), or None if unknown."""
+    import datetime
+
+    for entry in reversed(launch_doc.get("state_history") or []):
+        if entry.get("state") != "RUNNING":
+            continue
+        stamp = entry.get("updated_on") or entry.get("created_on")
+        try:
+            t = stamp if isinstance(stamp, datetime.datetime) else datetime.datetime.fromisoformat(str(stamp))
+        except ValueError:
+            return None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=datetime.UTC)  # FireWorks stores UTC
+        return (datetime.datetime.now(datetime.UTC) - t).total_seconds()
+    return None
+
+
 @dataclass
 class Worker:
     """One running launch: an `rlaunch` process (``proc``) or a child of the warm launcher (``launcher``); either
@@ -159,6 +239,14 @@ class Worker:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def exit_code(self) -> int | None:
+        """The launch process's exit code once it has ended (negative: killed by that signal), else None."""
+        if self.proc is not None:
+            return self.proc.poll()
+        if self.launcher is not None:
+            return self.launcher.exit_code(self.fw_id)
+        return None
+
 
 @dataclass
 class LocalRunner:
@@ -172,9 +260,16 @@ class LocalRunner:
     poll: float = 1.0
     fworker_file: Path | None = None
     on_tick: Callable[[LocalRunner], None] | None = None
+    health: Callable[[], None] | None = None  # raises when the LaunchPad is gone (checked every round)
     warm: bool = True
+    lost_after: float | None = None  # seconds without a ping before another worker's launch counts as lost
+    lost_check_every: float = 60.0  # how often a running runner looks for lost launches of other workers
     _live: list[Worker] = field(default_factory=list)
     _launcher: LauncherClient | None = None
+    max_reruns: int = 1  # a launch of ours that dies mid-run is rerun this often, then FIZZLED
+    _waiting_for: set[int] = field(default_factory=set)
+    _reruns: dict[int, int] = field(default_factory=dict)
+    _last_lost_check: float = field(default_factory=time.monotonic)
 
     def wf_doc(self) -> dict:
         return self.lp.workflows.find_one({"nodes": self.fw_id})
@@ -184,15 +279,166 @@ class LocalRunner:
         return {int(d["fw_id"]): (d["state"], d["name"])
                 for d in self.lp.fireworks.find({"fw_id": {"$in": wf["nodes"]}}, {"fw_id": 1, "state": 1, "name": 1})}
 
-    def recover(self) -> list[int]:
-        """Rerun Fireworks left RUNNING (their workers are gone: this runner owns the campaign's workers) or
-        FIZZLED by an interrupted earlier run. Finished Fireworks are never rerun."""
+    # ---- which launches are ours, and which are provably dead
+    @property
+    def records_file(self) -> Path:
+        return self.layout.root / "launches" / LAUNCH_RECORDS
+
+    def _records(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.records_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as e:
+            log.warning("%s is unreadable (%s); this campaign's earlier launches count as other workers'",
+                        self.records_file, e)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_records(self, records: dict[str, dict]) -> None:
+        self.records_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.records_file.with_name(f".{self.records_file.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+        os.replace(tmp, self.records_file)
+
+    def _launch_ids(self, fid: int) -> tuple[list[int], list[int]]:
+        doc = self.lp.fireworks.find_one({"fw_id": fid}, {"launches": 1, "archived_launches": 1}) or {}
+        return list(doc.get("launches") or []), list(doc.get("archived_launches") or [])
+
+    def _record_spawn(self, fid: int, pid: int, known: list[int]) -> None:
+        records = self._records()
+        records[str(fid)] = {"pid": pid, "started": create_time(pid), "host": socket.gethostname(),
+                             "runner_pid": os.getpid(), "spawned_at": time.time(), "known_launches": known,
+                             "launch_dir": str((self.layout.root / "launches").resolve()), "launch_id": None}
+        self._save_records(records)
+
+    def _identify_launches(self) -> None:
+        """Fill in the launch id of each live worker's launch once FireWorks has made it."""
+        records = self._records()
+        changed = False
+        for w in self._live:
+            rec = records.get(str(w.fw_id))
+            if rec is None or rec.get("launch_id") is not None or rec.get("pid") != w.pid:
+                continue
+            launches, _ = self._launch_ids(w.fw_id)
+            new = [lid for lid in launches if lid not in set(rec.get("known_launches") or [])]
+            if not new:
+                continue
+            doc = self.lp.launches.find_one({"launch_id": new[-1]}, {"host": 1, "launch_dir": 1}) or {}
+            if doc.get("host") == rec["host"] and doc.get("launch_dir") == rec["launch_dir"]:
+                rec["launch_id"] = int(new[-1])
+                changed = True
+        if changed:
+            self._save_records(records)
+
+    def _ended(self, ended: list[Worker]) -> None:
+        """Workers that exited. One whose Firework is still RUNNING died mid-launch (killed, crashed): its launch
+        is provably dead, so the Firework is rerun, up to ``max_reruns`` times per runner; after that its launch
+        is marked FIZZLED, so the workflow says so (the next run-loop reruns it once more)."""
+        records = self._records()
+        for w in ended:
+            if w.exit_code() == 0:
+                continue  # its launch ended as FireWorks ends launches (or another worker had the Firework)
+            doc = self.lp.fireworks.find_one({"fw_id": w.fw_id}, {"state": 1, "launches": 1}) or {}
+            if doc.get("state") != "RUNNING" or not doc.get("launches"):
+                continue
+            dead, why = self.launch_verdict(w.fw_id, records, lost=set())
+            if not dead:
+                continue
+            launch_id = int(doc["launches"][-1])
+            if self._reruns.get(w.fw_id, 0) < self.max_reruns:
+                self._reruns[w.fw_id] = self._reruns.get(w.fw_id, 0) + 1
+                log.warning("%s (fw %d): %s before finishing; rerunning it (log: %s)", w.name, w.fw_id, why,
+                            w.log_path)
+                self.lp.rerun_fw(w.fw_id)
+            else:
+                log.error("%s (fw %d): %s before finishing, again; its launch %d is marked FIZZLED (log: %s)",
+                          w.name, w.fw_id, why, launch_id, w.log_path)
+                self.lp.mark_fizzled(launch_id)
+        self._forget([w.fw_id for w in ended])
+
+    def _forget(self, fids: list[int]) -> None:
+        records = self._records()
+        if any(str(f) in records for f in fids):
+            for f in fids:
+                records.pop(str(f), None)
+            self._save_records(records)
+
+    def _lost_fw_ids(self, fids: list[int]) -> set[int]:
+        """FireWorks' lost-run detection over these Fireworks: RUNNING launches without a ping for
+        ``lost_after`` seconds (nothing is changed in the database here)."""
+        if not fids:
+            return set()
+        _, lost, _ = self.lp.detect_lostruns(expiration_secs=self.lost_after_seconds(),
+                                             query={"fw_id": {"$in": fids}})
+        return {int(f) for f in lost}
+
+    def lost_after_seconds(self) -> float:
+        if self.lost_after is not None:
+            return float(self.lost_after)
+        return run_expiration_secs(self.launchpad_file.parent)
+
+    def launch_verdict(self, fid: int, records: dict[str, dict] | None = None,
+                       lost: set[int] | None = None) -> tuple[bool, str]:
+        """(provably dead?, why) for the current launch of RUNNING Firework ``fid``."""
+        records = self._records() if records is None else records
+        launches, _ = self._launch_ids(fid)
+        if not launches:
+            return True, "it is RUNNING without any launch"
+        launch_id = int(launches[-1])
+        doc = self.lp.launches.find_one({"launch_id": launch_id},
+                                        {"host": 1, "launch_dir": 1, "state": 1, "state_history": 1}) or {}
+        rec = records.get(str(fid))
+        ours = rec is not None and rec.get("host") == socket.gethostname() and (
+            rec.get("launch_id") == launch_id
+            or (rec.get("launch_id") is None and launch_id not in set(rec.get("known_launches") or [])
+                and doc.get("host") == rec.get("host") and doc.get("launch_dir") == rec.get("launch_dir")))
+        if ours:
+            if is_same_process(int(rec["pid"]), rec.get("started")):
+                return False, f"its launch {launch_id} (pid {rec['pid']}) still runs"
+            return True, (f"its launch {launch_id} was started by mlip-auto run-loop pid {rec.get('runner_pid')} "
+                          f"as pid {rec['pid']}, which is gone")
+        lost = self._lost_fw_ids([fid]) if lost is None else lost
+        host = doc.get("host", "?")
+        if fid in lost:
+            return True, (f"launch {launch_id} on host {host} has not pinged for more than "
+                          f"{self.lost_after_seconds():.0f} s (FireWorks' lost-run detection)")
+        ping = _last_ping_age(doc)
+        age = f", last ping {ping:.0f} s ago" if ping is not None else ""
+        return False, f"launch {launch_id} on host {host} is another worker's and alive{age}"
+
+    def recover(self, exclude: set[int] | None = None, fizzled: bool = True) -> list[int]:
+        """Rerun Fireworks whose launch is provably dead (see `launch_verdict`) and, at start, those FIZZLED by
+        an earlier run. Finished Fireworks and live launches of other workers are never rerun; RESERVED ones
+        (a queue reservation of `qlaunch`) are left to FireWorks (`lpad detect_unreserved`)."""
+        exclude = exclude or set()
         rerun = []
-        for fid, (state, name) in self.fw_states().items():
-            if state in ("RUNNING", "RESERVED", "FIZZLED"):
-                log.warning("rerunning %s (fw %d, was %s)", name, fid, state)
-                self.lp.rerun_fw(fid)
-                rerun.append(fid)
+        states = self.fw_states()
+        running = [fid for fid, (s, _) in states.items() if s == "RUNNING" and fid not in exclude]
+        records = self._records()
+        lost = self._lost_fw_ids(running)
+        for fid, (state, name) in sorted(states.items()):
+            if fid in exclude:
+                continue
+            if state == "FIZZLED" and fizzled:
+                log.warning("rerunning %s (fw %d, was FIZZLED)", name, fid)
+            elif state == "RUNNING":
+                dead, why = self.launch_verdict(fid, records, lost)
+                if not dead:
+                    if fid not in self._waiting_for:
+                        log.info("not rerunning %s (fw %d, RUNNING): %s; waiting for it", name, fid, why)
+                        self._waiting_for.add(fid)
+                    continue
+                log.warning("rerunning %s (fw %d, was RUNNING): %s", name, fid, why)
+            elif state == "RESERVED" and fizzled:
+                log.info("%s (fw %d) is RESERVED in a queue; left to FireWorks", name, fid)
+                continue
+            else:
+                continue
+            self.lp.rerun_fw(fid)
+            self._waiting_for.discard(fid)
+            rerun.append(fid)
+        self._forget(rerun)
         return rerun
 
     def _env(self) -> dict[str, str]:
@@ -216,10 +462,13 @@ class LocalRunner:
         launches = self.layout.root / "launches"
         launches.mkdir(parents=True, exist_ok=True)
         log_path = launches / f"fw_{fid}.log"
+        current, archived = self._launch_ids(fid)
+        known = sorted({*current, *archived})
         launcher = self._warm_launcher()
         if launcher is not None:
             try:
                 pid = launcher.run(fid, launches.resolve(), log_path.resolve())
+                self._record_spawn(fid, pid, known)
                 log.info("started %s (fw %d) in warm launch pid %d", name, fid, pid)
                 return Worker(fid, name, pid, log_path, launcher=launcher)
             except (RuntimeError, ValueError, OSError) as e:
@@ -234,14 +483,24 @@ class LocalRunner:
         with open(log_path, "ab") as f:
             proc = subprocess.Popen(argv, cwd=launches, stdout=f, stderr=subprocess.STDOUT,  # noqa: S603
                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self._record_spawn(fid, proc.pid, known)
         log.info("started %s (fw %d) in worker pid %d", name, fid, proc.pid)
         return Worker(fid, name, proc.pid, log_path, proc=proc)
 
     def step(self) -> str:
         """One scheduling round; returns the workflow state."""
+        if self.health is not None:
+            self.health()
+        ended = [w for w in self._live if not w.alive()]
         self._live = [w for w in self._live if w.alive()]
-        states = self.fw_states()
+        if ended:
+            self._ended(ended)
+        self._identify_launches()
         busy = {w.fw_id for w in self._live}
+        if self._waiting_for and time.monotonic() - self._last_lost_check > self.lost_check_every:
+            self._last_lost_check = time.monotonic()
+            self.recover(exclude=busy, fizzled=False)  # another worker's launch may have been lost meanwhile
+        states = self.fw_states()
         ready = sorted(fid for fid, (s, _) in states.items() if s == "READY" and fid not in busy)
         for fid in ready[: max(0, self.workers - len(self._live))]:
             self._live.append(self._spawn(fid, states[fid][1]))
@@ -302,3 +561,93 @@ class LocalRunner:
             "kmc_target": self.layout.campaign().akmc.kmc_steps, "oracle_calls": oracle,
             "generations": len(fits), "stops": sum(1 for r in akmc if r.get("status") == "stopped"),
         }
+
+
+# ---------------------------------------------------------------------------------------------- a run-loop's session
+@dataclass
+class Session:
+    """What `campaign_session` holds: the LaunchPad, the campaign's folder and workflow, the server lease."""
+
+    lp: Any
+    launchpad_file: Path
+    layout: CampaignLayout
+    fw_id: int
+    added: bool
+    lease: Any = None  # launchpad.server.ServerLease when run on the embedded server
+
+    def health(self) -> None:
+        if self.lease is not None and not self.lease.alive():
+            raise server_gone(self.lease)
+
+    def runner(self, **kwargs: Any) -> LocalRunner:
+        return LocalRunner(self.lp, self.launchpad_file, self.layout, self.fw_id, health=self.health, **kwargs)
+
+
+def server_gone(lease: Any) -> RuntimeError:
+    from autopipec_fw.launchpad.server import DatabaseError
+
+    info = lease.info
+    return DatabaseError(f"the embedded LaunchPad server (pid {info.pid}, port {info.port}) has stopped while this "
+                         f"run-loop used it; the campaign is kept in {info.store}: run the same command again "
+                         "to continue")
+
+
+@contextlib.contextmanager
+def database_errors(launchpad_file: Path, lease: Any = None) -> Iterator[None]:
+    """A LaunchPad that stops answering is one line naming it, not a pymongo traceback."""
+    from pymongo.errors import ConnectionFailure
+
+    from autopipec_fw.launchpad.server import DatabaseError
+
+    try:
+        yield
+    except ConnectionFailure as e:
+        if lease is not None and not lease.alive():
+            raise server_gone(lease) from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f"the embedded LaunchPad server at {lease.info.uri}" if lease is not None else \
+            f"the LaunchPad of {launchpad_file}"
+        raise DatabaseError(f"{where} is not answering ({type(e).__name__}: {first[:200]}); check it "
+                            "(mlip-auto db status) and run the same command again") from None
+
+
+@contextlib.contextmanager
+def campaign_session(campaign: Campaign, workspace: Path, launchpad_file: str | Path | None = None,
+                     port: int = 27018, command: str | None = None) -> Iterator[Session]:
+    """Everything a run-loop holds while it runs a campaign, released however it ends:
+
+    1. the campaign (`campaign_lock`): a second run-loop on it refuses at once, naming this one;
+    2. the embedded server of the workspace (unless ``launchpad_file`` names another LaunchPad): started here
+       and then stopped here, or used as it runs (`EmbeddedServer.use`);
+    3. the campaign's workflow, submitted once (`submit`).
+    ``command`` names this process in the lock records (default: its command line)."""
+    from autopipec_fw.launchpad.files import (
+        ensure_initialized,
+        load_launchpad,
+        write_fw_config,
+        write_launchpad_file,
+    )
+    from autopipec_fw.launchpad.server import EmbeddedServer
+
+    workspace = Path(workspace).resolve()
+    lock = campaign_lock(campaign, workspace, command=command)
+    lease = None
+    try:
+        if launchpad_file is None:
+            lease = EmbeddedServer(workspace, port=port).use(command=command)
+            write_launchpad_file(workspace, host=lease.info.host, port=lease.info.port)
+            write_fw_config(workspace)
+            lp_path = workspace / "my_launchpad.yaml"
+        else:
+            lp_path = Path(launchpad_file).resolve()
+        with database_errors(lp_path, lease):
+            lp = load_launchpad(lp_path)
+            ensure_initialized(lp)
+            layout, fw_id, added = submit(campaign, lp, base=workspace)
+            yield Session(lp, lp_path, layout, fw_id, added, lease)
+    finally:
+        try:
+            if lease is not None:
+                lease.release()
+        finally:
+            lock.release()

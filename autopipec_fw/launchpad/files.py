@@ -53,8 +53,17 @@ def fw_config(workspace: Path) -> dict[str, Any]:
 
 
 def write_fw_config(workspace: Path) -> Path:
+    """Write our settings into the workspace's FW_config.yaml; settings the user added there (e.g.
+    RUN_EXPIRATION_SECS, PING_TIME_SECS) are kept."""
     path = Path(workspace) / FW_CONFIG_FILE
-    cfg = {k: v for k, v in fw_config(workspace).items() if v is not None}
+    cfg: dict[str, Any] = {}
+    try:
+        existing = yaml.safe_load(path.read_text())
+        if isinstance(existing, dict):
+            cfg.update(existing)
+    except (OSError, yaml.YAMLError):
+        pass
+    cfg.update({k: v for k, v in fw_config(workspace).items() if v is not None})
     _atomic_write(path, yaml.safe_dump(cfg, sort_keys=False))
     return path
 
