@@ -225,7 +225,7 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
                      previous.name)
         else:
             gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
-                                 previous=previous, warm_start=campaign.fit.upfit)
+                                 previous=previous, warm_start=campaign.fit.upfit, index=generation)
         timing = clock.figures()
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,

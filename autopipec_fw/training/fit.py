@@ -279,12 +279,14 @@ def fit_generation(
     previous: Generation | None = None,
     timeout: float | None = None,
     warm_start: bool = True,
+    index: int | None = None,
 ) -> Generation:
     """Fit on the whole dataset: from scratch, or with `previous` and `warm_start` continuing from its potential
     (`pacemaker -p`). With `previous`, the fit is judged against it on its data (never worse: else the other kind
     of fit runs too and the better is kept, `metrics["quality_check"]`).
 
-    Returns the new Generation (next free index under `generations_root`), with .yaml, .yace, .asi and metrics.
+    Returns the new Generation (`index`, or the next free index under `generations_root`), with .yaml, .yace, .asi
+    and metrics.
     """
     dataset_path = Path(dataset_path).resolve()
     root = Path(generations_root).resolve()
@@ -305,7 +307,11 @@ def fit_generation(
     with file_lock(root / ".fit.lock"):
         _cleanup_stale_partials(root)
         existing = generation_dirs(root)
-        index = existing[-1][0] + 1 if existing else 0
+        free = existing[-1][0] + 1 if existing else 0
+        if index is not None and index != free:  # asked for generation N: makes N or fails
+            raise FitError(f"{root}: asked to fit gen_{index:03d} but the next free generation is gen_{free:03d} "
+                           "(another fit ran meanwhile?); nothing was fitted")
+        index = free
         final = root / f"gen_{index:03d}"
         if final.exists():
             raise FitError(

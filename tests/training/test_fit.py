@@ -205,3 +205,17 @@ def test_a_worse_fit_is_tried_the_other_way_and_the_better_kept(cu_bulk_potentia
     assert gen1.metrics["upfit"] is (better == "warm")
     kept = fit_mod._shared_errors(gen1.dir, fit_mod._prediction_hashes(gen0.dir))
     assert score(kept["energy_rmse"], kept["force_rmse"]) == pytest.approx(min(s1, s2))
+
+
+def test_a_fit_asked_for_generation_n_makes_n_or_fails(cu_bulk_potential, tmp_path):
+    """Two workers racing for one generation: the one that finds gen_001 already taken fails, fitting nothing."""
+    from autopipec_fw.training.fit import FitError
+
+    root = tmp_path / "generations"
+    shutil.copytree(cu_bulk_potential.generation.dir, root / "gen_000")
+    shutil.copytree(cu_bulk_potential.generation.dir, root / "gen_001")  # the other worker's gen_001
+    data = tmp_path / "training.pckl.gzip"
+    shutil.copyfile(cu_bulk_potential.training, data)
+    with pytest.raises(FitError, match="asked to fit gen_001 but the next free generation is gen_002"):
+        fit_generation(data, FIT, ["Cu"], root, previous=latest_generation(root), index=1)
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("gen_")) == ["gen_000", "gen_001"]
