@@ -2,7 +2,8 @@
 # One idempotent setup step for autopipec-fw (used by both README commands and by .ci/run).
 #
 #   scripts/setup.sh            the demo stack: .venv (Python 3.13) + pinned Python stack + local eOn runtime
-#   scripts/setup.sh --tests    the same, plus what the test suite needs: GPAW, Quantum ESPRESSO, SLURM, munge
+#   scripts/setup.sh --tests    the same, plus what the test suite needs: GPAW, Quantum ESPRESSO, SLURM, munge,
+#                               Eigen (for the C++ eOn client the differential tests build)
 #
 # Every step is keyed by a stamp file holding the hash of its inputs, so a second run finishes in seconds.
 set -euo pipefail
@@ -52,7 +53,7 @@ find_python313() {
 
 # 1. system packages
 BASE_APT=(ca-certificates)
-TEST_APT=(build-essential libxc-dev libopenblas-dev liblapack-dev libfftw3-dev
+TEST_APT=(build-essential libeigen3-dev libxc-dev libopenblas-dev liblapack-dev libfftw3-dev
           quantum-espresso quantum-espresso-data slurmctld slurmd slurm-client munge)
 apt_install "${BASE_APT[@]}"
 ((WITH_TESTS)) && apt_install "${TEST_APT[@]}"

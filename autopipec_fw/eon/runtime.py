@@ -63,8 +63,11 @@ def _safe_members(tar: tarfile.TarFile, prefix: str) -> list[tarfile.TarInfo]:
     return out
 
 
-def fetch_server(version: str, sha256: str, dest: Path, index: str | None = None) -> Path:
-    """Download eon-akmc==version (sdist), verify it, and extract its pure-Python `eon/` package under dest."""
+def extract_sdist(
+    version: str, sha256: str, dest: Path, prefixes: tuple[str, ...], index: str | None = None
+) -> Path:
+    """Download eon-akmc==version (sdist) from the package index, verify its sha256, and extract the members
+    under ``prefixes`` (paths inside the sdist, e.g. ``"eon/"``) to dest (replaced)."""
     index = index or os.environ.get("MLIP_AUTO_PYPI_SIMPLE", DEFAULT_INDEX)
     filename = f"eon_akmc-{version}.tar.gz"
     url = _sdist_url(index, "eon-akmc", filename)
@@ -80,14 +83,24 @@ def fetch_server(version: str, sha256: str, dest: Path, index: str | None = None
         top = f"eon_akmc-{version}/"
         staging = Path(tmp) / "x"
         with tarfile.open(path) as tar:
-            members = _safe_members(tar, top + "eon/") + _safe_members(tar, top + "LICENSE")
+            members = []
+            for prefix in prefixes:
+                found = _safe_members(tar, top + prefix)
+                if not found:
+                    raise RuntimeError(f"{filename}: nothing under {prefix!r}")
+                members += found
             tar.extractall(staging, members=members, filter="data")
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging / top.rstrip("/")), dest)
-    log.info("eOn server %s extracted to %s", version, dest)
+    log.info("eon-akmc %s: %s extracted to %s", version, ", ".join(prefixes), dest)
     return dest
+
+
+def fetch_server(version: str, sha256: str, dest: Path, index: str | None = None) -> Path:
+    """Download eon-akmc==version (sdist), verify it, and extract its pure-Python `eon/` package under dest."""
+    return extract_sdist(version, sha256, dest, ("eon/", "LICENSE"), index)
 
 
 def check_local_runtime() -> dict[str, str]:

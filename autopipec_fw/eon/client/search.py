@@ -313,14 +313,16 @@ def run_process_search(params: Any, pot: Any, ini: configparser.ConfigParser) ->
     e_saddle = saddle.potential_energy
     f_saddle += pot.force_call_counter - c0
 
-    min1 = pec.Matter(saddle)
-    min2 = pec.Matter(saddle)
+    # eOn starts both minima as copies of the initial state: a search that fails before they are relaxed
+    # reports the initial state as reactant and product (its energy, its reactant.con / product.con)
+    min1 = pec.Matter(initial)
+    min2 = pec.Matter(initial)
     barriers = [0.0, 0.0]
     prefactors = [0.0, 0.0]
     calls = {"min": 0, "pref": 0}
     if status == STATUS_GOOD:
         status, min1, min2 = _after_saddle(
-            params, ini, pot, initial, saddle, min1, min2, eigvec, barriers, prefactors, calls
+            params, ini, pot, initial, saddle, eigvec, barriers, prefactors, calls
         )
     f_min += calls["min"]
     f_pref += calls["pref"]
@@ -370,19 +372,20 @@ def _after_saddle(
     pot: Any,
     initial: Any,
     saddle: Any,
-    min1: Any,
-    min2: Any,
     eigvec: Any,
     barriers: list[float],
     prefactors: list[float],
     calls: dict[str, int],
 ) -> tuple[int, Any, Any]:
-    """Relax both sides of the saddle, check connectivity, barriers and prefactors (ProcessSearchJob)."""
+    """Relax both sides of the saddle, check connectivity, barriers and prefactors (ProcessSearchJob); returns
+    (status, reactant-side minimum, product-side minimum)."""
     import numpy as np
     import pyeonclient as pec
 
     offset = float(params.opt_max_move)  # eOn resolves minimization_offset to the optimizer's max_move
     pos_s = np.array(saddle.positions, dtype=float)
+    min1 = pec.Matter(saddle)
+    min2 = pec.Matter(saddle)
     min1.positions = np.ascontiguousarray(pos_s - eigvec * offset)
     min2.positions = np.ascontiguousarray(pos_s + eigvec * offset)
     c0 = pot.force_call_counter
