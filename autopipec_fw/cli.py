@@ -68,9 +68,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     campaign = load_campaign(args.config)
     if args.action == "check":
-        from autopipec_fw.oracle.calculators import check_oracle
+        from autopipec_fw.preflight import check_campaign
 
-        found = check_oracle(campaign.oracle, campaign.elements)  # a missing DFT code is named, with how to install
+        # structure, calculator parameters, the DFT code (named with how to install it), finite numbers, license
+        found = check_campaign(campaign, args.config or "built-in demo")
         print(f"{args.config or 'built-in demo'}: valid campaign '{campaign.name}'")
         if "executable" in found:
             print(f"oracle {found['calculator']}: {found['executable']}")
@@ -83,15 +84,21 @@ EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml"}
 DEFAULT_EXAMPLE = "cu-adatom"
 
 
-def _campaign_arg(value: str | None):
-    """A campaign file path, or the name of a built-in example."""
+def _campaign_arg(value: str | None, check: bool = False):
+    """A campaign file path, or the name of a built-in example. ``check``: also everything checkable without a
+    calculation (`autopipec_fw.preflight.check_campaign`), as submit and run-loop do before anything else."""
     if value is None:
         value = DEFAULT_EXAMPLE
     if value in EXAMPLES and not Path(value).exists():
         from importlib.resources import files
 
-        return load_campaign(Path(str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[value])))
-    return load_campaign(value)
+        value = str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[value])
+    campaign = load_campaign(value)
+    if check:
+        from autopipec_fw.preflight import check_campaign
+
+        check_campaign(campaign, value)
+    return campaign
 
 
 def _launchpad(path: str):
@@ -103,7 +110,7 @@ def _launchpad(path: str):
 def cmd_submit(args: argparse.Namespace) -> int:
     from autopipec_fw.runner import submit
 
-    campaign = _campaign_arg(args.config)
+    campaign = _campaign_arg(args.config, check=True)
     layout, fw_id, added = submit(campaign, _launchpad(args.launchpad))
     what = "added" if added else "already on the LaunchPad"
     print(f"campaign '{campaign.name}' {what} (workflow of fw {fw_id}); folder {layout.root}")
@@ -136,7 +143,7 @@ def _console_out():
 def cmd_run_loop(args: argparse.Namespace) -> int:
     from autopipec_fw.cli_views import run_with_progress
 
-    campaign = _campaign_arg(args.config)
+    campaign = _campaign_arg(args.config, check=True)
     return run_with_progress(campaign, Path(args.workspace).resolve(), args.launchpad, args.workers, args.port)
 
 

@@ -30,7 +30,9 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` / `.nan` in any number field is refused naming the field (pacemaker, eOn and
+    # the oracle codes die late and obscurely on them)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class StructureSettings(_Model):
@@ -248,6 +250,20 @@ class PackageSettings(_Model):
     description: str = "ACE potential for Cu surface diffusion, trained on the fly in eOn aKMC"
     dist_dir: Path = Field(Path("dist"), description="where packages go (relative: to the current folder)")
 
+    @field_validator("license")
+    @classmethod
+    def _spdx(cls, v: str) -> str:
+        from autopipec_fw.licenses import check_spdx
+
+        return check_spdx(v)
+
+    @field_validator("citation")
+    @classmethod
+    def _bibtex(cls, v: str) -> str:
+        from autopipec_fw.licenses import check_bibtex
+
+        return check_bibtex(v)
+
 
 class Campaign(_Model):
     """A whole campaign: one YAML file."""
@@ -291,7 +307,7 @@ class Campaign(_Model):
 
 def _describe(err: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see the documented campaign fields)"
     got = err.get("input")
@@ -300,15 +316,16 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def campaign_from_dict(data: Any, source: str = "<campaign>") -> Campaign:
+    """Validate campaign fields; every problem is one line ``<source>: <field>: <what was expected>``."""
     if data is None:
-        data = {}
+        raise ConfigError(f"{source}: (top level): the campaign file is empty; expected a mapping of campaign "
+                          "fields (e.g. 'name: my-campaign'; `mlip-auto config show` prints every field)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of campaign fields at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{source}: (top level): expected a mapping of campaign fields, got {type(data).__name__}")
     try:
         return Campaign.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err) for err in e.errors()]
-        raise ConfigError(f"{source}: invalid campaign\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("\n".join(f"{source}: {_describe(err)}" for err in e.errors())) from None
 
 
 def load_campaign(path: str | Path | None = None) -> Campaign:
@@ -317,9 +334,16 @@ def load_campaign(path: str | Path | None = None) -> Campaign:
         return Campaign()
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read campaign file ({e.strerror})") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: not a campaign file: it holds binary data (NUL bytes); expected YAML text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a campaign file: byte {e.start} is not UTF-8 text; expected YAML text "
+                          "in UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -331,3 +355,47 @@ def load_campaign(path: str | Path | None = None) -> Campaign:
     if campaign.workdir is not None and not campaign.workdir.is_absolute():
         campaign.workdir = (path.parent / campaign.workdir).resolve()
     return campaign
+
+
+# ------------------------------------------------------------------------------------------------ amending
+# Settings that never change a label, a fit or the aKMC run already made: a campaign under way may change them
+# (`mlip-auto run-loop --config` / `submit` with the edited file continue it). Every other field is
+# label-affecting: changing it needs a new campaign (another name or workdir). An entry names a field or a
+# whole section.
+LABEL_NEUTRAL: tuple[str, ...] = (
+    "package",  # metadata, version and dist_dir of the release
+    "validation.max_energy_rmse", "validation.max_force_rmse", "validation.max_barrier_error",
+    "validation.max_barriers", "validation.min_rate_fraction", "validation.teach_rounds",
+    "validation.teach_labels",  # the gate's thresholds and teaching budget
+    "akmc.kmc_steps", "akmc.max_iterations", "akmc.max_rounds",  # how far the run goes (extend it)
+    "oracle.batch_size", "fit.tf_threads",  # how the work is split, not what it computes
+)
+
+
+def flatten_settings(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted field name -> value (mappings flattened, lists and scalars kept whole)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flatten_settings(v, f"{prefix}.{k}" if prefix else str(k)))
+        if not data and prefix:
+            out[prefix] = {}
+        return out
+    return {prefix: data}
+
+
+def is_label_neutral(name: str) -> bool:
+    return any(name == n or name.startswith(n + ".") for n in LABEL_NEUTRAL)
+
+
+def settings_changes(old: Campaign, new: Campaign) -> dict[str, tuple[Any, Any]]:
+    """Fields that differ between two campaigns: dotted name -> (old value, new value)."""
+    a, b = flatten_settings(old.model_dump(mode="json")), flatten_settings(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def label_settings_hash(campaign: Campaign) -> str:
+    """Hash of every label-affecting setting (all but `LABEL_NEUTRAL`): two campaigns with the same hash may share
+    one campaign folder, the later amending the earlier."""
+    flat = {k: v for k, v in flatten_settings(campaign.model_dump(mode="json")).items() if not is_label_neutral(k)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -69,6 +69,15 @@ KPTS_KEY = "kpts"
 
 
 
+# GPAW's calculator keywords (its default_parameters plus the new-GPAW ones), for checking a campaign where GPAW
+# itself does not import (it runs in the Python of oracle.command)
+GPAW_KEYWORDS = frozenset(
+    "mode xc occupations poissonsolver h gpts kpts nbands charge setups basis spinpol filter mixer eigensolver "
+    "background_charge experimental external random hund maxiter idiotproof symmetry convergence verbose "
+    "fixdensity dtype parallel magmoms soc extensions environment".split()
+)
+
+
 class OracleConfigError(ValueError):
     """Oracle settings that cannot describe a calculation; the message names the field."""
 
@@ -92,18 +101,18 @@ def _allowed_keys(name: str) -> set[str] | None:
     if name == "gpaw":
         try:
             import gpaw
-        except ImportError:
-            return None
+        except ImportError:  # GPAW runs in another Python (oracle.command): its documented keywords
+            return set(GPAW_KEYWORDS)
         import inspect
 
         factory = getattr(getattr(gpaw, "dft", None), "GPAW", None) or gpaw.GPAW
         try:
             sig = inspect.signature(factory)
         except (TypeError, ValueError):
-            return None
+            return set(GPAW_KEYWORDS)
         names = {n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         if not names:
-            return None
+            return set(GPAW_KEYWORDS)
         return names - {"txt", "communicator", "object_hooks", "legacy_gpaw"}
     if name == "espresso":
         from ase.io.espresso import pw_keys
