@@ -30,7 +30,14 @@ from typing import Any
 
 import yaml
 
-from autopipec_fw.config import Campaign, ConfigError, campaign_from_dict
+from autopipec_fw.config import (
+    LABEL_NEUTRAL,
+    Campaign,
+    ConfigError,
+    campaign_from_dict,
+    flatten_settings,
+    is_label_neutral,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,12 @@ class CampaignLayout:
         return campaign_from_dict(data, str(self.config))
 
 
+def settings_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields that differ between two campaigns' settings (as dumped to YAML): dotted name -> (old, new)."""
+    a, b = flatten_settings(old), flatten_settings(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 def expand_path(path: str | Path) -> Path:
     """`~` and `$VARS` expanded, made absolute (tasks run in launcher folders, so relative paths are refused)."""
     p = Path(os.path.expandvars(os.path.expanduser(str(path))))
@@ -140,15 +153,46 @@ def prepare_campaign(campaign: Campaign, root: Path) -> CampaignLayout:
     pinned = campaign.model_copy(update={"workdir": layout.root, "package": package})
     text = pinned.to_yaml()
     if layout.config.exists():
-        existing = layout.campaign()
-        if existing.model_dump(mode="json") != pinned.model_dump(mode="json"):
+        try:  # compared as written: a file the current rules refuse (an old license, say) can still be amended
+            stored = yaml.safe_load(layout.config.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{layout.config}: cannot read the campaign settings ({e})") from None
+        changes = settings_changes(stored if isinstance(stored, dict) else {}, pinned.model_dump(mode="json"))
+        if not changes:
+            return layout
+        affecting = {k: v for k, v in changes.items() if not is_label_neutral(k)}
+        if affecting:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(affecting.items())[:6])
+            more = f" (and {len(affecting) - 6} more)" if len(affecting) > 6 else ""
+            name = (stored or {}).get("name", "?") if isinstance(stored, dict) else "?"
             raise ConfigError(
-                f"{layout.config}: this folder already holds campaign '{existing.name}' with other settings; "
-                "use another name or workdir (a campaign's data never mixes settings)"
+                f"{layout.config}: this folder already holds campaign '{name}' with other settings that change "
+                f"labels ({shown}{more}); a campaign's data never mixes them. To run these settings start a new "
+                "campaign: give it another name or workdir in the file, or move this folder away first (its "
+                "workflow is then replaced on the next submit). Label-neutral settings may change in place: "
+                + ", ".join(LABEL_NEUTRAL)
             )
+        _atomic_write_text(layout.config, text)
+        _record_amendment(layout, changes)
+        log.info("campaign %s amended (label-neutral): %s", pinned.name,
+                 "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         return layout
     _atomic_write_text(layout.config, text)
     return layout
+
+
+AMENDMENTS = "amendments.json"
+
+
+def _record_amendment(layout: CampaignLayout, changes: dict[str, tuple[Any, Any]]) -> None:
+    path = layout.root / AMENDMENTS
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError):
+        history = []
+    history.append({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
+    _atomic_write_text(path, json.dumps(history, indent=1, default=str))
 
 
 def initial_structures(layout: CampaignLayout) -> dict[str, Any]:
@@ -288,6 +332,7 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
         "iteration": iteration, "generation": gen.index, "status": result.status,
         "segment": segment.index if segment else None, "run_dir": segment.run_dir if segment else None,
         "kmc_steps": result.kmc_steps, "kmc_steps_target": campaign.akmc.kmc_steps,
+        "max_rounds": campaign.akmc.max_rounds, "max_iterations": campaign.akmc.max_iterations,
         "simulated_time": result.simulated_time, "states_visited": result.states_visited,
         "force_calls": result.force_calls, "max_gamma": result.max_gamma,
         **timing, "selected_file": None, "n_selected": 0, "n_candidates": 0,

@@ -388,12 +388,6 @@ def is_label_neutral(name: str) -> bool:
     return any(name == n or name.startswith(n + ".") for n in LABEL_NEUTRAL)
 
 
-def settings_changes(old: Campaign, new: Campaign) -> dict[str, tuple[Any, Any]]:
-    """Fields that differ between two campaigns: dotted name -> (old value, new value)."""
-    a, b = flatten_settings(old.model_dump(mode="json")), flatten_settings(new.model_dump(mode="json"))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
 def label_settings_hash(campaign: Campaign) -> str:
     """Hash of every label-affecting setting (all but `LABEL_NEUTRAL`): two campaigns with the same hash may share
     one campaign folder, the later amending the earlier."""

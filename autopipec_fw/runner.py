@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from autopipec_fw.campaign import CampaignLayout, prepare_campaign, stage_records
-from autopipec_fw.config import Campaign
+from autopipec_fw.config import Campaign, ConfigError
 from autopipec_fw.launcher import LauncherClient
 from autopipec_fw.launchpad.locks import Holder, HolderLock, LockBusy, flocked
 from autopipec_fw.processes import create_time, is_same_process, pid_alive
@@ -81,21 +81,147 @@ def submit(campaign: Campaign, lp, base: Path | None = None) -> tuple[CampaignLa
     """Prepare the campaign folder and add its workflow, unless this LaunchPad already has it.
 
     One submit at a time per campaign folder (`<campaign>/.submit.lock`), so submitting twice, even at the
-    same moment from two processes, adds one workflow. Returns (layout, an fw_id of the workflow, whether it
-    was added now)."""
+    same moment from two processes, adds one workflow. Label-neutral changes of the settings amend the campaign
+    (`prepare_campaign`); when they take a finished workflow further (more KMC steps, a higher iteration cap) the
+    missing Fireworks are appended (`extend_workflow`). A workflow whose folder was deleted (or made anew) is
+    replaced; a folder with results whose workflow this LaunchPad no longer has is refused with what to do.
+    Returns (layout, an fw_id of the workflow, whether it was added now)."""
     from autopipec_fw.workflows import campaign_workflow
 
     root = campaign.resolved_workdir(base)
     root.mkdir(parents=True, exist_ok=True)
     with flocked(root / SUBMIT_LOCK, f"submitting campaign '{campaign.name}' ({root})"):
+        fresh = not (root / "campaign.yaml").exists()
         layout = prepare_campaign(campaign, root)
+        marker = _read_marker(layout)
         existing = find_workflow(lp, layout.root)
         if existing is not None:
-            log.info("campaign %s is already on the LaunchPad (workflow of fw %d)", campaign.name, existing)
-            return layout, existing, False
+            uid = (lp.workflows.find_one({"nodes": existing}, {"metadata": 1}) or {}).get("metadata", {}).get(
+                "campaign_uid")
+            # made anew: stale once the workflow has done anything (its results were in the deleted folder)
+            stale = (fresh and _has_progress(lp, existing)) or (
+                marker.get("uid") is not None and uid is not None and marker["uid"] != uid)
+            if not stale:
+                if not marker:
+                    _write_marker(layout, existing, uid)
+                extend_workflow(lp, layout, existing)
+                log.info("campaign %s is already on the LaunchPad (workflow of fw %d)", campaign.name, existing)
+                return layout, existing, False
+            _replace_stale(lp, layout, existing)
+        elif _has_results(layout):
+            raise ConfigError(
+                f"{layout.root}: holds results of campaign '{campaign.name}' ({_results_summary(layout)}) but this "
+                "LaunchPad has no workflow for it (deleted from the LaunchPad, or submitted to another one); a new "
+                "workflow cannot take over its results. Run it on the LaunchPad that holds its workflow, or start "
+                f"anew: move {layout.root} away (or give the campaign another name or workdir) and submit again"
+            )
+        import uuid
+
         wf = campaign_workflow(layout.campaign(), layout.root)
+        uid = uuid.uuid4().hex
+        wf.metadata["campaign_uid"] = uid
         id_map = lp.add_wf(wf)
-        return layout, min(id_map.values()), True
+        fw_id = min(id_map.values())
+        _write_marker(layout, fw_id, uid)
+        return layout, fw_id, True
+
+
+WORKFLOW_MARKER = "workflow.json"
+
+
+def _read_marker(layout: CampaignLayout) -> dict[str, Any]:
+    try:
+        data = json.loads((layout.root / WORKFLOW_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_marker(layout: CampaignLayout, fw_id: int, uid: str | None) -> None:
+    """Which workflow this folder belongs to (its uid is in the workflow's metadata too)."""
+    path = layout.root / WORKFLOW_MARKER
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"fw_id": fw_id, "uid": uid, "submitted": time.time()}, indent=1))
+    os.replace(tmp, path)
+
+
+def _has_progress(lp, fw_id: int) -> bool:
+    wf = lp.workflows.find_one({"nodes": fw_id}, {"nodes": 1}) or {}
+    return lp.fireworks.count_documents({"fw_id": {"$in": wf.get("nodes") or []},
+                                         "state": {"$nin": ["READY", "WAITING"]}}) > 0
+
+
+def _has_results(layout: CampaignLayout) -> bool:
+    return any(layout.stages.glob("*.json")) or layout.dataset.exists() or any(layout.generations.glob("gen_*"))
+
+
+def _results_summary(layout: CampaignLayout) -> str:
+    gens = len(list(layout.generations.glob("gen_[0-9]*")))
+    return f"{len(list(layout.stages.glob('*.json')))} stage records, {gens} generation(s)"
+
+
+def _replace_stale(lp, layout: CampaignLayout, fw_id: int) -> None:
+    """The LaunchPad's workflow for this folder belongs to a folder that no longer exists (deleted or made anew):
+    delete it, unless a worker is still running one of its Fireworks."""
+    wf = lp.workflows.find_one({"nodes": fw_id}, {"nodes": 1, "name": 1})
+    running = [int(d["fw_id"]) for d in lp.fireworks.find({"fw_id": {"$in": wf["nodes"]}, "state": "RUNNING"},
+                                                          {"fw_id": 1})]
+    if running:
+        raise ConfigError(
+            f"{layout.root}: the LaunchPad's workflow for this folder (fw {fw_id}) belongs to a folder that was "
+            f"deleted or made anew, and Fireworks {running} of it are RUNNING; stop their workers, delete it "
+            f"(lpad delete_wflows -i {fw_id}) and submit again")
+    log.warning("the LaunchPad's workflow for %s (fw %d) belongs to a folder that was deleted or made anew; it is "
+                "deleted and the campaign submitted afresh", layout.root, fw_id)
+    lp.delete_wf(fw_id, delete_launch_dirs=False)
+
+
+def extend_workflow(lp, layout: CampaignLayout, fw_id: int) -> list[int]:
+    """A finished workflow whose campaign was amended to go further gets the Fireworks that take it there.
+
+    The last aKMC record says why the loop ended; when the current settings lift that end (more `akmc.kmc_steps`
+    than it completed, a higher `akmc.max_iterations` than the cap it hit, more `akmc.max_rounds` than it ran out
+    of), aKMC resumes (after labelling and refitting the stop it had selected, for the iteration cap), then
+    validate and package run again. Returns the new fw_ids (none when nothing is to be done)."""
+    from fireworks import Workflow
+
+    from autopipec_fw.firetasks import AkmcTask, PackageTask, ValidateTask
+    from autopipec_fw.workflows import _fw, loop_detour
+
+    wf = lp.workflows.find_one({"nodes": fw_id}, {"state": 1, "nodes": 1, "links": 1})
+    if wf is None or wf.get("state") != "COMPLETED":
+        return []  # a workflow under way reads the amended settings as it goes
+    akmc = [r for k, r in sorted(stage_records(layout).items()) if k.startswith("akmc_")]
+    if not akmc:
+        return []
+    last = max(akmc, key=lambda r: int(r.get("iteration", 0)))
+    campaign = layout.campaign()
+    target, steps, it = campaign.akmc.kmc_steps, int(last.get("kmc_steps") or 0), int(last["iteration"])
+    cdir = str(layout.root)
+    if last.get("status") == "stopped" and it + 1 < campaign.akmc.max_iterations:
+        loop = loop_detour(campaign, cdir, it, last.get("selected_file"), int(last.get("n_selected") or 0))
+        fws, tail = list(loop.fws), loop.leaf_fw_ids
+        why = f"akmc.max_iterations {campaign.akmc.max_iterations} lifts the iteration cap reached at stop {it}"
+    elif last.get("status") == "completed" and steps < target:
+        fws = [_fw(AkmcTask(campaign_dir=cdir, iteration=it), "akmc", campaign, f"aKMC #{it} (extended)")]
+        tail, why = [fws[0].fw_id], f"akmc.kmc_steps {target} > the {steps} completed"
+    elif last.get("status") == "incomplete" and steps < target and \
+            campaign.akmc.max_rounds > int(last.get("max_rounds") or campaign.akmc.max_rounds):
+        fws = [_fw(AkmcTask(campaign_dir=cdir, iteration=it), "akmc", campaign, f"aKMC #{it} (more rounds)")]
+        tail, why = [fws[0].fw_id], f"akmc.max_rounds {campaign.akmc.max_rounds} > the {last.get('max_rounds')} run"
+    else:
+        return []
+    parents = [f for f in fws if f.fw_id in set(tail)]
+    val = _fw(ValidateTask(campaign_dir=cdir), "validate", campaign, "validate (extended)", parents=parents)
+    pkg = _fw(PackageTask(campaign_dir=cdir), "package", campaign, "package (extended)", parents=[val])
+    links = wf.get("links") or {}
+    leaves = [int(n) for n in wf["nodes"] if not links.get(str(n))]
+    new = Workflow([*fws, val, pkg], name=f"{campaign.name} extended")
+    lp.append_wf(new, leaves, pull_spec_mods=False)
+    after = (lp.workflows.find_one({"nodes": fw_id}, {"nodes": 1}) or {}).get("nodes") or []
+    added = sorted(int(n) for n in set(after) - set(wf["nodes"]))
+    log.warning("campaign %s extended (%s): Fireworks %s appended", campaign.name, why, added)
+    return added
 
 
 # ---------------------------------------------------------------------------------------------- status

@@ -27,7 +27,7 @@ def test_prepare_is_idempotent_and_refuses_other_settings(tmp_path: Path) -> Non
     text = layout.config.read_text()
     assert prepare_campaign(c, tmp_path / "c").config.read_text() == text
     with pytest.raises(ConfigError, match="other settings"):
-        prepare_campaign(Campaign(name="p1", akmc={"kmc_steps": 9}, package={"dist_dir": tmp_path / "dist"}),
+        prepare_campaign(Campaign(name="p1", akmc={"temperature": 500}, package={"dist_dir": tmp_path / "dist"}),
                          tmp_path / "c")
     assert layout.campaign().package.dist_dir == tmp_path / "dist"
 

@@ -49,7 +49,7 @@ def test_db_submit_status_round_trip(tmp_path: Path) -> None:
         assert "campaign clitest" in table and "KMC steps" in table
 
         # a different campaign under the same folder name is refused, naming the file
-        cfg.write_text("name: clitest\nakmc:\n  kmc_steps: 3\n")
+        cfg.write_text("name: clitest\nakmc:\n  kmc_steps: 2\n  temperature: 500\n")
         bad = run(["mlip-auto", "submit", "--config", str(cfg)], tmp_path, check=False)
         assert bad.returncode == 2 and "campaign.yaml" in bad.stderr and "other settings" in bad.stderr
         assert "Traceback" not in bad.stderr
