@@ -143,6 +143,63 @@ def stage_records(layout: CampaignLayout) -> dict[str, dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ integrity
+class TrainingSetMismatch(ConfigError):
+    """The training set is not what earlier stages wrote (missing, shrunk, or without a generation's data)."""
+
+
+def expected_training_set(layout: CampaignLayout) -> tuple[int, str, set[str] | None, str | None]:
+    """What earlier stages wrote to the training set: (at least this many structures, where that figure comes
+    from, the structure hashes the latest generation was fitted on (None: no generation), its name)."""
+    from autopipec_fw.training.fit import latest_generation
+
+    records = stage_records(layout)
+    added = sum(int(r.get("added") or 0) for k, r in records.items() if k.startswith("oracle_"))
+    sizes = [(int(r.get("training_set_size") or 0), k) for k, r in records.items()
+             if k.startswith(("oracle_", "fit_")) and r.get("training_set_size")]
+    n, where = added, f"the oracle stage records add up to {added}"
+    if sizes and max(sizes)[0] > n:
+        n, where = max(sizes)[0], f"stages/{max(sizes)[1]}.json recorded {max(sizes)[0]}"
+    gen = latest_generation(layout.generations)
+    hashes = _fitted_on(gen) if gen is not None else None
+    if hashes is not None and len(hashes) > n:
+        n, where = len(hashes), f"{gen.name} was fitted on {len(hashes)}"
+    return n, where, hashes, gen.name if gen is not None else None
+
+
+def check_training_set(layout: CampaignLayout) -> int:
+    """Refuse (TrainingSetMismatch) a training set that is not what earlier stages wrote: missing, with fewer
+    structures than the stage records and generations show, or without structures a generation was fitted on.
+    A set is never silently restarted. Returns how many structures it holds."""
+    from autopipec_fw.training.dataset import TrainingSet
+
+    n, where, gen_hashes, gen_name = expected_training_set(layout)
+    fix = (f"restore it from a backup ({layout.generations}/{gen_name}/training_data.pckl.gzip holds the data "
+           f"{gen_name} was fitted on), or start a new campaign (another name or workdir)" if gen_name else
+           "restore it from a backup, or start a new campaign (another name or workdir)")
+    if not layout.dataset.exists():
+        if n == 0:
+            return 0
+        raise TrainingSetMismatch(f"{layout.dataset}: missing, but earlier stages wrote {n} structures to it "
+                                  f"({where}): all {n} rows are missing; {fix}")
+    hashes = TrainingSet(layout.dataset).hashes()
+    if len(hashes) < n:
+        raise TrainingSetMismatch(f"{layout.dataset}: holds {len(hashes)} structures, but earlier stages wrote {n} "
+                                  f"({where}): {n - len(hashes)} rows are missing; {fix}")
+    if gen_hashes and not gen_hashes <= hashes:
+        lost = len(gen_hashes - hashes)
+        raise TrainingSetMismatch(f"{layout.dataset}: {lost} of the {len(gen_hashes)} structures {gen_name} was "
+                                  f"fitted on are not in it (structure hashes differ): it is not the set earlier "
+                                  f"stages wrote; {fix}")
+    return len(hashes)
+
+
+def _set_digest(hashes: set[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
+
+
 # ------------------------------------------------------------------------------------------------ stages
 def prepare_campaign(campaign: Campaign, root: Path) -> CampaignLayout:
     """Create the folder and write campaign.yaml; a folder holding a different campaign is refused."""
@@ -224,6 +281,7 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
     from autopipec_fw.training.dataset import TrainingSet
 
     campaign = layout.campaign()
+    check_training_set(layout)  # before any single point: a missing or shrunk set is never restarted
     all_structures = read(layout.structures / structures_file, index=":", format="extxyz")
     try:
         todo = [all_structures[i] for i in indices]
@@ -237,9 +295,11 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
         reference_energies=reference_energies_for(campaign.oracle, campaign.elements),
     )
     first = f"{indices[0]:04d}" if indices else "none"
+    hashes = TrainingSet(layout.dataset).hashes()
     return record_stage(layout, f"oracle_{Path(structures_file).stem}_{first}", {
         "structures_file": structures_file, "indices": indices, "labelled": len(labelled), "added": added,
         **timing, "calculator": campaign.oracle.calculator,
+        "training_set_size": len(hashes), "training_set_digest": _set_digest(hashes),
     })
 
 
@@ -251,6 +311,7 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
     from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
 
     campaign = layout.campaign()
+    check_training_set(layout)
     gen_dir = layout.generations / f"gen_{generation:03d}"
     clock = _Stopwatch()
     if (gen_dir / "generation.json").exists():
@@ -271,9 +332,11 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
             gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
                                  previous=previous, warm_start=campaign.fit.upfit, index=generation)
         timing = clock.figures()
+    fitted_on = _fitted_on(gen) or set()  # the generation's own snapshot, not the set as it is now
     return record_stage(layout, f"fit_{generation:03d}", {
         "generation": gen.index, "dir": str(gen.dir), "metrics": gen.metrics,
-        "training_set_size": len(TrainingSet(layout.dataset)), **timing,
+        "training_set_size": len(fitted_on) or gen.metrics.get("n_structures"),
+        "training_set_digest": _set_digest(fitted_on), **timing,
     })
 
 
@@ -319,6 +382,7 @@ def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:
     from autopipec_fw.training.select import select_structures
 
     campaign = layout.campaign()
+    check_training_set(layout)
     gen = latest_generation(layout.generations)
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation; the fit stage must run before aKMC")
@@ -411,6 +475,7 @@ def validate(layout: CampaignLayout, round: int = 0) -> dict[str, Any]:
     from autopipec_fw.training.fit import latest_generation
 
     campaign = layout.campaign()
+    check_training_set(layout)
     gen = latest_generation(layout.generations)
     if gen is None:
         raise ConfigError(f"{layout.generations}: no fitted generation to validate")
@@ -487,11 +552,13 @@ def package(layout: CampaignLayout) -> dict[str, Any]:
     """Manifest, report and zip of the validated latest generation into the campaign's dist folder."""
     from autopipec_fw.production.deployer import release_potential
     from autopipec_fw.production.validate import ValidationResult
-    from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import latest_generation
 
     campaign = layout.campaign()
+    check_training_set(layout)
     gen = latest_generation(layout.generations)
+    if gen is None:
+        raise ConfigError(f"{layout.generations}: no fitted generation to package")
     vfile = layout.validation / "validation.json"
     try:
         result = ValidationResult.from_dict(json.loads(vfile.read_text()))
@@ -508,9 +575,20 @@ def package(layout: CampaignLayout) -> dict[str, Any]:
              for k, r in sorted(records.items()) if k.startswith("akmc_") and r.get("status") == "stopped"]
     runs = layout.akmc_runs()
     trajectory = runs.trajectory()
+    validated = (stage_records(layout).get("validate") or {}).get("generation")
+    if validated is not None and int(validated) != gen.index:
+        raise ConfigError(f"{layout.stages / 'validate.json'}: the gate validated {_gen_name(validated)}, but the "
+                          f"latest generation is {gen.name}; the validate stage must run on it first")
+    fitted_on = _fitted_on(gen)  # the package describes its own generation's data, not the set as it is now
+    size = len(fitted_on) if fitted_on is not None else int(gen.metrics.get("n_structures") or 0)
     path = release_potential(
-        campaign, gen, result, Path(campaign.package.dist_dir), training_set_size=len(TrainingSet(layout.dataset)),
+        campaign, gen, result, Path(campaign.package.dist_dir), training_set_size=size,
         generations=generations, stops=stops, kmc_trajectory=trajectory, pictures=_pictures(runs, result),
     )
     return record_stage(layout, "package", {"package": str(path), "version": campaign.package.version,
-                                            "generation": gen.index if gen else None})
+                                            "generation": gen.index, "training_set_size": size,
+                                            "training_set_digest": _set_digest(fitted_on or set())})
+
+
+def _gen_name(index: Any) -> str:
+    return f"gen_{int(index):03d}"
