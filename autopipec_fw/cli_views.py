@@ -38,8 +38,9 @@ def status_tables(statuses: list[CampaignStatus]) -> list[Table]:
                       + ", ".join(f"{k} {_fmt(v)}" for k, v in g.items()
                                   if k not in ("generation", "training_set_size") and isinstance(v, int | float)))
         for s in st.stops:
-            t.add_row(f"stop {s['iteration']}", f"max gamma {_fmt(s.get('max_gamma'))}, "
-                      f"{s.get('n_selected')} structures to the oracle")
+            fate = f"{s.get('n_selected')} candidates, not labelled ({s['not_labelled']})" if s.get("not_labelled") \
+                else f"{s.get('n_selected')} structures to the oracle"
+            t.add_row(f"stop {s['iteration']}", f"max gamma {_fmt(s.get('max_gamma'))}, {fate}")
         if st.loop_end:
             t.add_row("loop end", st.loop_end)
         if st.package:

@@ -252,8 +252,8 @@ class CampaignStatus:
 def _figures_of(lp, fw_ids: list[int]) -> list[tuple[dict, dict]]:
     """(firework doc, stored_data of its last launch) for the finished Fireworks."""
     out = []
-    for fw in lp.fireworks.find({"fw_id": {"$in": fw_ids}}, {"fw_id": 1, "name": 1, "state": 1, "spec.stage": 1,
-                                                            "launches": 1}):
+    fields = {"fw_id": 1, "name": 1, "state": 1, "spec.stage": 1, "spec._tasks": 1, "launches": 1}
+    for fw in lp.fireworks.find({"fw_id": {"$in": fw_ids}}, fields):
         stored: dict = {}
         if fw.get("launches"):
             launch = lp.launches.find_one({"launch_id": fw["launches"][-1]}, {"action.stored_data": 1})
@@ -268,7 +268,11 @@ def campaign_status(lp, fw_id: int) -> CampaignStatus:
     meta = wf.get("metadata", {})
     st = CampaignStatus(name=meta.get("campaign", wf["name"]), campaign_dir=meta.get("campaign_dir", "?"),
                         state=wf["state"])
-    for fw, stored in sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"]):
+    figures = sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"])
+    # batch files the oracle has labelled (or is labelling): a stop whose selection is in none was never labelled
+    to_oracle = {(fw.get("spec") or {}).get("_tasks", [{}])[0].get("structures_file") for fw, _ in figures
+                 if (fw.get("spec") or {}).get("stage") == "oracle"}
+    for fw, stored in figures:
         st.fireworks[fw["state"]] += 1
         stage = (fw.get("spec") or {}).get("stage")
         if fw["state"] == "RUNNING":
@@ -290,13 +294,18 @@ def campaign_status(lp, fw_id: int) -> CampaignStatus:
             st.kmc_steps_target = stored.get("kmc_steps_target")
             st.simulated_time = stored.get("simulated_time")
             if stored.get("status") == "stopped":
-                st.stops.append({"iteration": stored.get("iteration"), "max_gamma": stored.get("max_gamma"),
-                                 "n_selected": stored.get("n_selected")})
+                stop = {"iteration": stored.get("iteration"), "max_gamma": stored.get("max_gamma"),
+                        "n_selected": stored.get("n_selected"), "n_candidates": stored.get("n_candidates")}
+                if stored.get("loop_end") and stored.get("selected_file") not in to_oracle:
+                    stop["not_labelled"] = "iteration cap" if "iteration cap" in stored["loop_end"] \
+                        else stored["loop_end"]
+                st.stops.append(stop)
             if stored.get("loop_end"):
                 st.loop_end = stored["loop_end"]
         elif stage == "package":
             st.package = stored.get("package")
     st.generations.sort(key=lambda g: g.get("generation") or 0)
+    st.stops.sort(key=lambda s: s.get("iteration") or 0)
     return st
 
 

@@ -245,14 +245,27 @@ class ProductionManifest(BaseModel):
         except ValidationError as e:
             raise ManifestError(f"{path}: " + _describe(e)) from None
 
-    def verify_files(self, folder: Path) -> list[str]:
-        """Names of bundle files whose sha256 differs from the manifest (or that are missing)."""
-        bad = []
+    def file_problems(self, folder: Path) -> dict[str, list[str]]:
+        """The bundle in ``folder`` against the manifest: ``changed`` (sha256 differs), ``missing``, and
+        ``added`` (files, in subfolders too, that the manifest does not list; metadata.json itself is not listed)."""
+        folder = Path(folder)
+        out: dict[str, list[str]] = {"changed": [], "missing": [], "added": []}
         for name, h in self.files.items():
-            p = Path(folder) / name
-            if not p.is_file() or sha256_file(p) != h:
-                bad.append(name)
-        return bad
+            p = folder / name
+            if not p.is_file():
+                out["missing"].append(name)
+            elif sha256_file(p) != h:
+                out["changed"].append(name)
+        listed = set(self.files) | {"metadata.json"}
+        out["added"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                              if not p.is_dir() and p.relative_to(folder).as_posix() not in listed)
+        return out
+
+    def verify_files(self, folder: Path) -> list[str]:
+        """Names of bundle files that are not as the manifest says: changed or missing ones, then files added to
+        the bundle that it does not list. Empty: the bundle is exactly what was released."""
+        p = self.file_problems(folder)
+        return p["changed"] + p["missing"] + p["added"]
 
 
 def _describe(e: ValidationError) -> str:

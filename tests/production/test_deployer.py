@@ -78,6 +78,9 @@ def test_metadata_validates_and_checksums_match(released: Path, tmp_path, bulk_v
     for name, h in m.files.items():
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == h
     assert m.verify_files(bundle) == []
+    (bundle / "other.yace").write_bytes((bundle / f"{m.name}.yace").read_bytes())  # an added file is noticed
+    assert m.verify_files(bundle) == ["other.yace"]
+    (bundle / "other.yace").unlink()
     assert m.validation["passed"] is True
     assert m.validation["energy_rmse_meV_per_atom"] == pytest.approx(bulk_validation.energy_rmse)
     gen = cu_bulk_potential.generation

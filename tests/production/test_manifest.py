@@ -91,6 +91,13 @@ def test_metadata_schema_round_trip_and_checksums(tmp_path) -> None:
     assert m.verify_files(tmp_path) == []
     f.write_bytes(b"tampered")
     assert m.verify_files(tmp_path) == ["a.yace"]
+    f.write_bytes(b"potential")
+    (tmp_path / "extra.yace").write_bytes(b"slipped in")  # files ADDED to a bundle are noticed too
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.txt").write_text("deeper")
+    assert m.verify_files(tmp_path) == ["extra.yace", "sub/x.txt"]
+    f.unlink()
+    assert m.file_problems(tmp_path) == {"changed": [], "missing": ["a.yace"], "added": ["extra.yace", "sub/x.txt"]}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fireworks import Firework, ScriptTask, Workflow
+from fireworks import FiretaskBase, Firework, FWAction, ScriptTask, Workflow, explicit_serialize
 
 from autopipec_fw.campaign import CampaignLayout, prepare_campaign, record_stage
 from autopipec_fw.config import LABEL_NEUTRAL, Campaign, ConfigError, label_settings_hash
@@ -161,3 +161,50 @@ def test_a_workflow_ended_by_the_iteration_cap_is_extended(embedded_db: Embedded
     assert len(new) == 5 and names["amend: oracle iter_001 0-2"] == "READY"  # the stop's 3 labels first
     assert names["amend: refit gen_002"] == names["amend: aKMC #2 (resume)"] == "WAITING"
     assert names["amend: validate (extended)"] == names["amend: package (extended)"] == "WAITING"
+
+
+@explicit_serialize
+class _StoredTask(FiretaskBase):
+    """Stands in for a stage: returns the figures it is given (run in this process by FireWorks itself)."""
+
+    required_params = ["stored"]
+    optional_params = ["structures_file"]
+
+    def run_task(self, fw_spec: dict) -> FWAction:
+        return FWAction(stored_data=self["stored"])
+
+
+def test_status_says_when_a_stop_was_never_labelled(embedded_db: EmbeddedDB, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fireworks.core.rocket_launcher import rapidfire
+    from rich.console import Console
+
+    from autopipec_fw.cli_views import status_tables
+    from autopipec_fw.runner import campaign_status
+
+    lp = embedded_db.launchpad()
+    ensure_initialized(lp)
+    monkeypatch.chdir(tmp_path)
+
+    def fw(name: str, stage: str, stored: dict, parents=None, **params) -> Firework:
+        return Firework(_StoredTask(stored=stored, **params), name=f"cap: {name}", parents=parents,
+                        spec={"stage": stage})
+
+    stop0 = {"iteration": 0, "status": "stopped", "max_gamma": 7.5, "n_selected": 4, "n_candidates": 9,
+             "selected_file": "iter_000.extxyz"}
+    stop1 = {"iteration": 1, "status": "stopped", "max_gamma": 6.0, "n_selected": 3, "n_candidates": 5,
+             "selected_file": "iter_001.extxyz", "loop_end": "iteration cap reached (2) after 1 of 3 KMC steps"}
+    a = fw("aKMC #0", "akmc", stop0)
+    o = fw("oracle iter_000 0-3", "oracle", {"labelled": 4}, parents=[a], structures_file="iter_000.extxyz")
+    b = fw("aKMC #1", "akmc", stop1, parents=[o])
+    lp.add_wf(Workflow([a, o, b], name="cap", metadata={"campaign": "cap", "campaign_dir": str(tmp_path / "cap"),
+                                                         "autopipec_fw": True}))
+    rapidfire(lp, nlaunches=0)
+    st = campaign_status(lp, a.fw_id if a.fw_id > 0 else find_workflow(lp, tmp_path / "cap"))
+    assert [s.get("not_labelled") for s in st.stops] == [None, "iteration cap"]
+    console = Console(record=True, width=200)
+    console.print(*status_tables([st]))
+    text = console.export_text()
+    assert "max gamma 7.5, 4 structures to the oracle" in text
+    assert "max gamma 6, 3 candidates, not labelled (iteration cap)" in text
+    assert "3 structures to the oracle" not in text
