@@ -16,9 +16,9 @@ log = logging.getLogger("mlip-auto")
 
 
 def _console():
-    from rich.console import Console
+    from autopipec_fw.cli_live import err_console
 
-    return Console(stderr=True)
+    return err_console()
 
 
 def _error(e: BaseException) -> None:
@@ -186,11 +186,9 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from autopipec_fw.cli_live import setup_logging
+
+    setup_logging(args.verbose)  # one handler for all log lines (FireWorks' own are dropped), DEBUG only with -v
     # SIGTERM (kill, a batch system's time limit) ends the command like Ctrl-C: what it started is stopped
     signal.signal(signal.SIGTERM, _terminated)
     try:

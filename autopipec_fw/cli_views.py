@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.table import Table
 
 from autopipec_fw.config import Campaign
@@ -50,23 +49,13 @@ def status_tables(statuses: list[CampaignStatus]) -> list[Table]:
     return out
 
 
-def _progress_table(p: dict) -> Table:
-    t = Table(show_header=False, box=None)
-    t.add_row("stage", ", ".join(p["running"]) or "(scheduling)")
-    t.add_row("iteration", str(p["iteration"]))
-    t.add_row("KMC steps", f"{p['kmc_steps']} / {p['kmc_target']}")
-    t.add_row("oracle calls", str(p["oracle_calls"]))
-    t.add_row("generations", str(p["generations"]))
-    t.add_row("stops", str(p["stops"]))
-    return t
-
-
 def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str | None, workers: int,
                       port: int) -> int:
     """mlip-auto run-loop: embedded server (unless a LaunchPad file is given), submit, run, report."""
+    from autopipec_fw.cli_live import ProgressDisplay, err_console
     from autopipec_fw.runner import campaign_session, campaign_status
 
-    console = Console(stderr=True)
+    console = err_console()
     # holds the campaign (a second run-loop refuses), the server (started and stopped here, or shared) and the
     # workflow (submitted once)
     with campaign_session(campaign, workspace, launchpad_file, port) as session:
@@ -76,9 +65,9 @@ def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str |
         runner = session.runner(workers=workers)
         if runner.wf_doc()["state"] != "COMPLETED":
             runner.recover()
-            with Live(_progress_table(runner.progress()), console=console, refresh_per_second=2,
-                      transient=False) as live:
-                runner.on_tick = lambda r: live.update(Group(_progress_table(r.progress())))
+            with ProgressDisplay(console) as display:
+                display.update(runner.progress())
+                runner.on_tick = lambda r: display.update(r.progress())
                 runner.run()
         st = campaign_status(lp, fw_id)
         Console().print(*status_tables([st]))
@@ -86,5 +75,5 @@ def run_with_progress(campaign: Campaign, workspace: Path, launchpad_file: str |
             console.print(f"[green]done:[/green] {st.package}", soft_wrap=True)  # paths are never wrapped
             return 0
         console.print(f"[red]campaign {campaign.name} ended {st.state}[/red]; "
-                      "fix the cause and run the same command again to continue")
+                      "fix the cause and run the same command again to continue", soft_wrap=True)
         return 1

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -227,6 +228,7 @@ class Worker:
     log_path: Path
     proc: subprocess.Popen | None = None
     launcher: LauncherClient | None = None
+    started: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         if self.proc is not None:
@@ -270,6 +272,8 @@ class LocalRunner:
     _waiting_for: set[int] = field(default_factory=set)
     _reruns: dict[int, int] = field(default_factory=dict)
     _last_lost_check: float = field(default_factory=time.monotonic)
+    _started: float = field(default_factory=time.monotonic)
+    _campaign: Campaign | None = None
 
     def wf_doc(self) -> dict:
         return self.lp.workflows.find_one({"nodes": self.fw_id})
@@ -549,18 +553,71 @@ class LocalRunner:
             self._launcher = None
 
     def progress(self) -> dict[str, Any]:
-        """Live figures for the progress display, from the campaign folder's stage records."""
+        """Live figures for the progress display: the campaign folder's stage records, the eOn run folders (KMC
+        steps as they are taken) and the running fits' pacemaker logs (iterations done of the fit's maxiter)."""
+        if self._campaign is None:
+            self._campaign = self.layout.campaign()
+        campaign = self._campaign
         rec = stage_records(self.layout)
         akmc = [r for k, r in sorted(rec.items()) if k.startswith("akmc_")]
         oracle = sum(int(r.get("labelled", 0)) for k, r in rec.items() if k.startswith("oracle_"))
         fits = [r for k, r in rec.items() if k.startswith("fit_")]
         last = akmc[-1] if akmc else {}
+        kmc_steps, sim_time = int(last.get("kmc_steps") or 0), last.get("simulated_time")
+        with contextlib.suppress(Exception):  # a run folder being written: the stage records' figures stand
+            trajectory = self.layout.akmc_runs().trajectory()
+            if trajectory:
+                kmc_steps, sim_time = max(kmc_steps, int(trajectory[-1]["step"])), float(trajectory[-1]["time"])
+        now = time.monotonic()
+        running = []
+        for w in sorted(self._live, key=lambda w: w.fw_id):
+            stage: dict[str, Any] = {"name": w.name.split(": ", 1)[-1], "fw_id": w.fw_id,
+                                     "seconds": round(now - w.started, 1), "done": None, "total": None, "unit": ""}
+            if "fit gen_" in stage["name"]:  # fit, refit, upfit gen_NNN
+                gen = stage["name"].split("fit gen_", 1)[1][:3]
+                done, total = fit_progress(self.layout.generations, f"gen_{gen}")
+                stage.update(done=done, total=total, unit="fit iterations")
+            running.append(stage)
         return {
-            "running": [w.name.split(": ", 1)[-1] for w in self._live],
-            "iteration": last.get("iteration", 0), "kmc_steps": last.get("kmc_steps", 0),
-            "kmc_target": self.layout.campaign().akmc.kmc_steps, "oracle_calls": oracle,
-            "generations": len(fits), "stops": sum(1 for r in akmc if r.get("status") == "stopped"),
+            "campaign": campaign.name, "elapsed": round(now - self._started, 1), "running": running,
+            # the loop's iteration under way: after a stop, the next one (its labels, refit and resumed aKMC)
+            "iteration": int(last.get("iteration", 0)) + (1 if last.get("status") == "stopped" else 0),
+            "max_iterations": campaign.akmc.max_iterations,
+            "kmc_steps": kmc_steps, "kmc_target": campaign.akmc.kmc_steps, "simulated_time": sim_time,
+            "oracle_calls": oracle, "generations": len(fits),
+            "stops": sum(1 for r in akmc if r.get("status") == "stopped"),
         }
+
+
+_ITERATION = re.compile(rb"Iteration:?\s+#(\d+)")
+
+
+def fit_progress(generations: Path, name: str) -> tuple[int | None, int | None]:
+    """(iterations done, maxiter) of the fit of generation ``name`` now under way (``<name>.partial-*``), read
+    from its pacemaker input.yaml and the tail of its log; (None, None) while neither exists yet."""
+    import yaml
+
+    inputs = sorted(generations.glob(f"{name}.partial-*/**/input.yaml"), key=lambda p: p.stat().st_mtime)
+    if not inputs:
+        return None, None
+    work = inputs[-1].parent
+    total = None
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        total = int((yaml.safe_load(inputs[-1].read_text()) or {}).get("fit", {}).get("maxiter"))
+    done = 0
+    for log_name in ("log.txt", "pacemaker.out"):
+        try:
+            with open(work / log_name, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                found = _ITERATION.findall(f.read())
+        except OSError:
+            continue
+        if found:
+            done = max(done, int(found[-1]))
+    if total is not None:
+        done = min(done, total)
+    return done, total
 
 
 # ---------------------------------------------------------------------------------------------- a run-loop's session
