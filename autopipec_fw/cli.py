@@ -121,9 +121,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no campaigns on this LaunchPad")
         return 0
-    from autopipec_fw.cli_views import status_tables
+    from autopipec_fw.cli_views import print_status
 
-    _console_out().print(*status_tables(statuses))
+    print_status(_console_out(), statuses)
     return 0
 
 

@@ -102,6 +102,13 @@ def submit(campaign: Campaign, lp, base: Path | None = None) -> tuple[CampaignLa
 # ---------------------------------------------------------------------------------------------- status
 @dataclass
 class CampaignStatus:
+    """What `mlip-auto status` shows (and `--json` prints), from the LaunchPad alone.
+
+    ``generations``: one dict per fitted generation (``generation``, ``structures``, train/test energy RMSE in
+    meV/atom and force RMSE in meV/Å, ``seconds``); ``stops``: one per extrapolation stop (``iteration``,
+    ``max_gamma``, ``n_candidates``, ``n_selected``, ``n_labelled``, ``not_labelled`` and why); ``failures``: one
+    per FIZZLED Firework (``firework``, ``fw_id``, ``message``, the whole ``error`` text, ``launch_dir``)."""
+
     name: str
     campaign_dir: str
     state: str
@@ -116,7 +123,12 @@ class CampaignStatus:
     stops: list[dict[str, Any]] = field(default_factory=list)
     loop_end: str | None = None
     package: str | None = None
-    errors: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per failure: '<firework>: <message>'."""
+        return [f"{f['firework']}: {f['message']}" for f in self.failures]
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -124,17 +136,40 @@ class CampaignStatus:
         return d
 
 
-def _figures_of(lp, fw_ids: list[int]) -> list[tuple[dict, dict]]:
-    """(firework doc, stored_data of its last launch) for the finished Fireworks."""
+def _figures_of(lp, fw_ids: list[int]) -> list[tuple[dict, dict, dict]]:
+    """(firework doc, stored_data of its last launch, that launch's doc without action) for the Fireworks."""
     out = []
     for fw in lp.fireworks.find({"fw_id": {"$in": fw_ids}}, {"fw_id": 1, "name": 1, "state": 1, "spec.stage": 1,
-                                                            "launches": 1}):
+                                                            "spec._tasks": 1, "launches": 1}):
         stored: dict = {}
+        launch: dict = {}
         if fw.get("launches"):
-            launch = lp.launches.find_one({"launch_id": fw["launches"][-1]}, {"action.stored_data": 1})
-            stored = ((launch or {}).get("action") or {}).get("stored_data") or {}
-        out.append((fw, stored))
+            launch = lp.launches.find_one({"launch_id": fw["launches"][-1]},
+                                          {"action.stored_data": 1, "launch_dir": 1, "host": 1}) or {}
+            stored = (launch.get("action") or {}).get("stored_data") or {}
+        out.append((fw, stored, launch))
     return out
+
+
+def error_message(stacktrace: str) -> tuple[str, str]:
+    """(the exception's first line, its whole text) from a Python traceback as FireWorks stores it: what follows
+    the last frame, with the exception's module path dropped (``OracleConfigError: ...``)."""
+    lines = stacktrace.strip().splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith("  File ")), default=-1)
+    rest = lines[last_frame + 1:]
+    while rest and rest[0].startswith("    "):  # the frame's source line and its ^^^ markers
+        rest = rest[1:]
+    text = "\n".join(rest).strip() or (lines[-1] if lines else "failed")
+    first = text.splitlines()[0]
+    head, sep, tail = first.partition(": ")
+    if sep and "." in head and " " not in head:
+        first = f"{head.rsplit('.', 1)[-1]}: {tail}"
+    return first, text
+
+
+def _stage_task(fw: dict) -> dict:
+    tasks = (fw.get("spec") or {}).get("_tasks") or []
+    return tasks[0] if tasks and isinstance(tasks[0], dict) else {}
 
 
 def campaign_status(lp, fw_id: int) -> CampaignStatus:
@@ -143,34 +178,64 @@ def campaign_status(lp, fw_id: int) -> CampaignStatus:
     meta = wf.get("metadata", {})
     st = CampaignStatus(name=meta.get("campaign", wf["name"]), campaign_dir=meta.get("campaign_dir", "?"),
                         state=wf["state"])
-    for fw, stored in sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"]):
+    labelled: Counter = Counter()  # structures_file -> structures labelled by COMPLETED oracle Fireworks
+    pending: Counter = Counter()  # structures_file -> oracle Fireworks not (yet) COMPLETED
+    for fw, stored, launch in sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"]):
         st.fireworks[fw["state"]] += 1
         stage = (fw.get("spec") or {}).get("stage")
         if fw["state"] == "RUNNING":
             st.running.append(fw["name"])
         if fw["state"] == "FIZZLED":
             exc = (stored.get("_exception") or {}).get("_stacktrace", "")
-            st.errors.append(f"{fw['name']}: {exc.strip().splitlines()[-1] if exc else 'failed'}")
+            message, text = error_message(exc) if exc else ("failed (no error recorded)", "")
+            st.failures.append({"firework": fw["name"], "fw_id": int(fw["fw_id"]), "stage": stage,
+                                "message": message, "error": text, "launch_dir": launch.get("launch_dir"),
+                                "host": launch.get("host")})
+        if stage == "oracle" and fw["state"] != "COMPLETED":
+            pending[_stage_task(fw).get("structures_file")] += 1
         if fw["state"] != "COMPLETED":
             continue
         if stage == "oracle":
             st.oracle_calls += int(stored.get("labelled", 0))
+            labelled[stored.get("structures_file") or _stage_task(fw).get("structures_file")] += \
+                int(stored.get("labelled", 0))
         elif stage == "fit":
             m = stored.get("metrics") or {}
-            st.generations.append({"generation": stored.get("generation"),
-                                   "training_set_size": stored.get("training_set_size"), **m})
+            st.generations.append({
+                "generation": stored.get("generation"), "structures": stored.get("training_set_size"),
+                "train_energy_rmse": m.get("train_energy_rmse"), "train_force_rmse": m.get("train_force_rmse"),
+                "test_energy_rmse": m.get("test_energy_rmse"), "test_force_rmse": m.get("test_force_rmse"),
+                "seconds": stored.get("seconds", m.get("seconds")), "reused_from": m.get("reused_from"),
+                "upfit": m.get("upfit"),
+            })
         elif stage == "akmc":
-            st.iteration = max(st.iteration, int(stored.get("iteration", 0)))
+            if int(stored.get("iteration", 0)) >= st.iteration:  # the latest aKMC run's figures (fw_ids need not
+                st.iteration = int(stored.get("iteration", 0))  # follow the loop's order)
+                st.kmc_steps_target = stored.get("kmc_steps_target")
+                st.simulated_time = stored.get("simulated_time")
             st.kmc_steps = max(st.kmc_steps, int(stored.get("kmc_steps") or 0))
-            st.kmc_steps_target = stored.get("kmc_steps_target")
-            st.simulated_time = stored.get("simulated_time")
             if stored.get("status") == "stopped":
                 st.stops.append({"iteration": stored.get("iteration"), "max_gamma": stored.get("max_gamma"),
-                                 "n_selected": stored.get("n_selected")})
+                                 "n_candidates": stored.get("n_candidates"), "n_selected": stored.get("n_selected"),
+                                 "selected_file": stored.get("selected_file"), "loop_end": stored.get("loop_end"),
+                                 "kmc_steps": stored.get("kmc_steps")})
             if stored.get("loop_end"):
                 st.loop_end = stored["loop_end"]
         elif stage == "package":
             st.package = stored.get("package")
+    for s in st.stops:
+        n_sel = int(s.get("n_selected") or 0)
+        s["n_labelled"] = min(n_sel, labelled.get(s.get("selected_file"), 0)) if s.get("selected_file") else 0
+        s["not_labelled"] = n_sel - s["n_labelled"]
+        if not s["not_labelled"]:
+            s["why_not_labelled"] = None
+        elif s.get("loop_end"):
+            s["why_not_labelled"] = f"loop ended: {s['loop_end']}"
+        elif pending.get(s.get("selected_file")):
+            s["why_not_labelled"] = "oracle not finished"
+        else:
+            s["why_not_labelled"] = "not labelled"
+    st.stops.sort(key=lambda s: s.get("iteration") or 0)
     st.generations.sort(key=lambda g: g.get("generation") or 0)
     return st
 

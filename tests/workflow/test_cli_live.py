@@ -162,6 +162,8 @@ def test_run_loop_in_a_pipe_is_plain_and_logs_each_line_once(tmp_path: Path) -> 
     assert logged and max(logged.values()) == 1, logged.most_common(3)
     assert any(line.startswith("[0:00:") and "stage oracle initial 0-2" in line for line in err)
     assert "ended FIZZLED; fix the cause and run the same command again to continue" in first.stderr
+    failed = [line for line in first.stdout.splitlines() if line.startswith("failed: pipe-test: oracle initial")]
+    assert len(failed) == 1 and str(tmp_path / "nowhere" / "pw.x") in failed[0]  # the status table, path whole
     # a new database: FireWorks logs "RESTARTED fw_id, launch_id to (1, 1)" and "Updating indices..." at DEBUG
     assert " DEBUG " not in first.stderr and "RESTARTED" not in first.stderr and "Updating indices" not in both
 
