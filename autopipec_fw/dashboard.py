@@ -218,7 +218,7 @@ def svg_timeline(rows: list[dict[str, Any]], now: float, fig_id: str = "timeline
     t1 = max([r["end"] or now for r in started] + [t0 + 1])
     row_h, label_w, w = 16, 190, 760
     h = 30 + row_h * len(started)
-    ax = _Axes(0, t1 - t0, 0, 1, w=w, h=h, margin=(label_w, 12, 4, 24))
+    ax = _Axes(0, t1 - t0, 0, 1, w=w, h=h, margin=(label_w, 40, 4, 24))
     body = []
     for i, r in enumerate(started):
         y = 4 + i * row_h
@@ -238,13 +238,28 @@ def svg_timeline(rows: list[dict[str, Any]], now: float, fig_id: str = "timeline
     return _svg(fig_id, "Fireworks over time (from their launches; colour = state)", body, w, h)
 
 
+def _split_limits(limits: list[tuple[float, str]], values: list[float]) -> tuple[list, list]:
+    """(near, far): a limit far above the data (> 3 x its largest value) would flatten the data against the axis,
+    so it is written as a note above the plot instead of a line."""
+    top = max(values) if values else 0.0
+    near = [(v, lab) for v, lab in limits if top <= 0 or v <= 3 * top]
+    return near, [(v, lab) for v, lab in limits if (v, lab) not in near]
+
+
+def _far_notes(ax: _Axes, far: list[tuple[float, str]]) -> list[str]:
+    return [f'<g class="limit off-scale" data-y="{v}" data-label="{_e(lab)}"><text x="{ax.w - ax.right - 2}" '
+            f'y="{ax.top + 8 + 11 * i}" text-anchor="end" font-size="10" fill="#c62828">{_e(lab)} {_num(v)} '
+            "(above the scale)</text></g>" for i, (v, lab) in enumerate(far)]
+
+
 def svg_bars(fig_id: str, title: str, groups: list[tuple[Any, list[float | None]]], names: list[str],
              xlabel: str, ylabel: str, limits: list[tuple[float, str]] = ()) -> str:
     """Grouped bars: one group per x label, one bar per series (``names``), optional dashed limit lines."""
     values = [v for _, vs in groups for v in vs if v is not None]
     if not values:
         return _empty(fig_id, title, "nothing yet")
-    top = max(values + [v for v, _ in limits]) * 1.1
+    limits, far = _split_limits(list(limits), values)
+    top = max(values + [v for v, _ in limits]) * 1.1 or 1.0
     ax = _Axes(-0.5, len(groups) - 0.5, 0, top)
     body = ax.frame(xlabel, ylabel)
     slot = (ax.x(1) - ax.x(0)) * 0.8 / max(1, len(names))
@@ -261,7 +276,7 @@ def svg_bars(fig_id: str, title: str, groups: list[tuple[Any, list[float | None]
                         f'height="{max(0.0, ax.y(0) - ax.y(v)):.1f}" fill="{SERIES_COLOURS[si % 4]}">'
                         f'<title>{_e(names[si])} {_e(label)}: {_num(v)}</title></rect>')
     body += [ax.hline(v, lab, left=i % 2 == 1) for i, (v, lab) in enumerate(limits)]
-    body += _legend(ax, names)
+    body += _far_notes(ax, far) + _legend(ax, names)
     return _svg(fig_id, title, body)
 
 
@@ -281,8 +296,9 @@ def svg_lines(fig_id: str, title: str, series: dict[str, list[tuple[float, float
     pts = [(x, y) for s in series.values() for x, y in s if y is not None]
     if not pts:
         return _empty(fig_id, title, "nothing yet")
+    limits, far = _split_limits(list(limits), [p[1] for p in pts])
     xs, ys = [p[0] for p in pts], [p[1] for p in pts] + [v for v, _ in limits]
-    lo_x, hi_x = min(xs), max(xs)
+    lo_x, hi_x = min(xs) - 0.3, max(xs) + 0.3  # the first and last points off the axes
     lo_y, hi_y = (min(ys + xs), max(ys + xs)) if diagonal else (0.0, max(ys))
     pad_y = (hi_y - lo_y) * 0.1 or abs(hi_y) * 0.1 or 1.0
     if diagonal:
@@ -292,7 +308,7 @@ def svg_lines(fig_id: str, title: str, series: dict[str, list[tuple[float, float
     if diagonal:
         ticks = [ax.x0 + k * (ax.x1 - ax.x0) / 4 for k in range(5)]
     else:
-        ticks = sorted(set(xs)) if len(set(xs)) <= 12 else [lo_x + k * (hi_x - lo_x) / 4 for k in range(5)]
+        ticks = sorted(set(xs)) if len(set(xs)) <= 12 else [min(xs) + k * (max(xs) - min(xs)) / 4 for k in range(5)]
     body = ax.frame(xlabel, ylabel, ticks)
     if diagonal:
         body.append(f'<line class="diagonal" x1="{ax.x(ax.x0):.1f}" y1="{ax.y(ax.x0):.1f}" x2="{ax.x(ax.x1):.1f}" '
@@ -308,7 +324,7 @@ def svg_lines(fig_id: str, title: str, series: dict[str, list[tuple[float, float
                         f'cx="{ax.x(x):.1f}" cy="{ax.y(y):.1f}" r="3.5" fill="{colour}">'
                         f'<title>{_e(name)} {_num(x)}: {_num(y)}</title></circle>')
     body += [ax.hline(v, lab, left=i % 2 == 1) for i, (v, lab) in enumerate(limits)]
-    body += _legend(ax, list(series))
+    body += _far_notes(ax, far) + _legend(ax, list(series))
     return _svg(fig_id, title, body)
 
 
@@ -498,7 +514,22 @@ def serve(app, host: str, port: int) -> None:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines (with colour codes)
-    server = make_server(host, port, app, threaded=True)
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # werkzeug would print and exit
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise RuntimeError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e} (another program on "
+                               "that port? choose another: mlip-auto dashboard --port N)") from None
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except SystemExit:  # werkzeug prints "Address already in use" and exits; say it our way
+        raise RuntimeError(f"port {port} on {host} is already in use by another program; stop it or choose "
+                           "another port (mlip-auto dashboard --port N)") from None
+    except OSError as e:
+        raise RuntimeError(f"cannot serve the dashboard on {host}:{port} ({e.strerror or e})") from None
     log.info("dashboard on http://%s:%d/ (Ctrl-C to stop)", host, server.server_port)
     try:
         server.serve_forever()

@@ -164,13 +164,39 @@ def test_running_firework_is_shown_reaching_now() -> None:
                          {"fw_id": 2, "name": "fit gen_000", "state": "RUNNING", "stage": "fit", "start": 920.0,
                           "end": None}],
             "running": [{"name": "fit gen_000", "fw_id": 2, "seconds": 80.0}], "failures": [], "stops": [],
-            "generations": [], "kmc": [], "trajectory": [], "validation": None, "thresholds": {}}
+            "generations": [{"generation": 0, "test_energy_rmse": 5.0, "train_energy_rmse": 3.0,
+                             "test_force_rmse": 90.0, "train_force_rmse": 80.0}],
+            "kmc": [], "trajectory": [], "validation": None,
+            "thresholds": {"max_energy_rmse": 1000.0, "max_force_rmse": 100.0}}
     page = render_campaign(view)
     dom = Dom(page)
     running = [a for a in dom.marks("timeline", "fw") if a["data-state"] == "RUNNING"]
     assert len(running) == 1 and float(running[0]["data-seconds"]) == 80.0 and float(running[0]["data-start"]) == 20.0
     assert '<span class="run" data-fw-id="2">fit gen_000 (80 s)</span>' in page
     assert 'id="barriers" class="empty">not validated yet' in page
+    # a gate limit far above the data is a note, not a line that flattens the curve; one near it is a line
+    assert _ys(dom.marks("learning-energy", "point")) == [5.0, 3.0]
+    assert dom.marks("learning-energy", "limit") == []
+    assert _ys(dom.marks("learning-energy", "limit off-scale")) == [1000.0]
+    assert "gate 1e+03 (above the scale)" in page
+    assert _ys(dom.marks("learning-force", "limit")) == [100.0]
+
+
+def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    from autopipec_fw.launchpad.files import write_launchpad_file
+
+    lp_file = write_launchpad_file(tmp_path, host="127.0.0.1", port=free_port())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([str(BIN / "mlip-auto"), "dashboard", "--launchpad", str(lp_file), "--port", str(port)],
+                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "Address already in use" in r.stderr and "--port N" in r.stderr
 
 
 @pytest.mark.slow
