@@ -404,8 +404,9 @@ def render_campaign(v: dict[str, Any]) -> str:
                         ["KMC steps"], "aKMC run (iteration)", "KMC steps", k_lim))
     traj = v.get("trajectory") or []
     if traj:
-        out.append(svg_lines("simulated-time-chart", "simulated time (s) per KMC step",
-                             {"simulated time": [(t["step"], t["time"]) for t in traj]}, "KMC step", "s"))
+        out.append(svg_lines("simulated-time-chart", "simulated time (s) after each KMC step",
+                             {"simulated time": [(i + 1, t["time"]) for i, t in enumerate(traj)]},
+                             "KMC steps taken", "s"))
     else:
         out.append(svg_lines("simulated-time-chart", "simulated time (s) after each aKMC run",
                              {"simulated time": [(k["iteration"], k.get("simulated_time")) for k in kmc]},
@@ -474,11 +475,17 @@ def create_app(get_lp: Callable[[], Any], campaign_dir: Path | None = None, refr
         lp = get_lp()
         return [campaign_view(lp, i) for i in campaign_fw_ids(lp, campaign_dir)]
 
-    def _unavailable(e: Exception) -> Response:
+    def _unavailable(e: Exception, page: bool = False) -> Response:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         log.warning("dashboard: %s: %s", type(e).__name__, first)
-        return Response(f"the LaunchPad is not answering ({type(e).__name__}: {first})\n", 503,
-                        {"Content-Type": "text/plain; charset=utf-8", "Retry-After": str(max(refresh, 5))})
+        text = f"the LaunchPad is not answering ({type(e).__name__}: {first})"
+        headers = {"Retry-After": str(max(refresh, 5))}
+        if not page:
+            return Response(text + "\n", 503, {**headers, "Content-Type": "text/plain; charset=utf-8"})
+        # the page keeps reloading, so it comes back by itself with the database
+        return Response(f'<!DOCTYPE html><html><head><meta charset="utf-8"><meta http-equiv="refresh" '
+                        f'content="{max(refresh, 5)}"><title>mlip-auto dashboard</title></head><body>'
+                        f'<p id="unavailable">{_e(text)}</p></body></html>', 503, headers, mimetype="text/html")
 
     @app.get("/")
     def index():
@@ -487,7 +494,7 @@ def create_app(get_lp: Callable[[], Any], campaign_dir: Path | None = None, refr
         try:
             return Response(render_page(views(), refresh, source), mimetype="text/html")
         except PyMongoError as e:
-            return _unavailable(e)
+            return _unavailable(e, page=True)
 
     @app.get("/favicon.ico")
     def favicon():

@@ -631,8 +631,8 @@ class LocalRunner:
         kmc_steps, sim_time = int(last.get("kmc_steps") or 0), last.get("simulated_time")
         with contextlib.suppress(Exception):  # a run folder being written: the stage records' figures stand
             trajectory = self.layout.akmc_runs().trajectory()
-            if trajectory:
-                kmc_steps, sim_time = max(kmc_steps, int(trajectory[-1]["step"])), float(trajectory[-1]["time"])
+            if trajectory:  # one row per KMC step taken (eOn numbers them from 0)
+                kmc_steps, sim_time = max(kmc_steps, len(trajectory)), float(trajectory[-1]["time"])
         now = time.monotonic()
         running = []
         for w in sorted(self._live, key=lambda w: w.fw_id):

@@ -154,6 +154,20 @@ def test_dashboard_basic_auth(tmp_path: Path) -> None:
         create_app(lambda: FakeLP(), user="ada")
 
 
+def test_database_gone_is_a_503_page_that_keeps_reloading() -> None:
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    def gone():
+        raise ServerSelectionTimeoutError("127.0.0.1:1: [Errno 111] Connection refused")
+
+    c = create_app(gone, refresh=3).test_client()
+    page = c.get("/")
+    assert page.status_code == 503 and 'http-equiv="refresh" content="5"' in page.get_data(as_text=True)
+    assert "ServerSelectionTimeoutError: 127.0.0.1:1: [Errno 111] Connection refused" in page.get_data(as_text=True)
+    api = c.get("/api/campaign")
+    assert api.status_code == 503 and api.mimetype == "text/plain"
+
+
 def test_running_firework_is_shown_reaching_now() -> None:
     now = 1000.0
     view = {"name": "c", "state": "RUNNING", "campaign_dir": "/x", "now": now,
