@@ -16,9 +16,9 @@ log = logging.getLogger("mlip-auto")
 
 
 def _console():
-    from rich.console import Console
+    from autopipec_fw.cli_live import err_console
 
-    return Console(stderr=True)
+    return err_console()
 
 
 def _error(e: BaseException) -> None:
@@ -128,9 +128,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no campaigns on this LaunchPad")
         return 0
-    from autopipec_fw.cli_views import status_tables
+    from autopipec_fw.cli_views import print_status
 
-    _console_out().print(*status_tables(statuses))
+    print_status(_console_out(), statuses)
     return 0
 
 
@@ -145,6 +145,26 @@ def cmd_run_loop(args: argparse.Namespace) -> int:
 
     campaign = _campaign_arg(args.config, check=True)
     return run_with_progress(campaign, Path(args.workspace).resolve(), args.launchpad, args.workers, args.port)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from autopipec_fw.dashboard import create_app, serve
+
+    lp_file = Path(args.launchpad).resolve()
+    lp = _launchpad(str(lp_file))  # a missing or bad LaunchPad file is an error now, not on the first page
+    campaign_dir = Path(args.campaign).resolve() if args.campaign else None
+    if campaign_dir is not None and not (campaign_dir / "campaign.yaml").is_file():
+        raise FileNotFoundError(f"{campaign_dir / 'campaign.yaml'}: not a campaign folder (--campaign)")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.user is None:
+        log.warning("dashboard on %s without --user/--password: anyone who reaches this address sees it",
+                    args.host)
+    app = create_app(lambda: lp, campaign_dir, refresh=args.refresh, user=args.user, password=args.password,
+                     source=f"LaunchPad {lp_file}" + (f", campaign {campaign_dir}" if campaign_dir else ""))
+    try:
+        serve(app, args.host, args.port)
+    except KeyboardInterrupt:
+        log.info("dashboard stopped")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
+    dash = sub.add_parser("dashboard", help="a live web view of the campaigns (figures of the loop, what runs, "
+                          "what failed)")
+    dash.add_argument("--launchpad", default="my_launchpad.yaml", help="LaunchPad file (embedded server or MongoDB)")
+    dash.add_argument("--campaign", default=None, help="only this campaign folder (default: every campaign)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=5050)
+    dash.add_argument("--user", default=None, help="basic auth user (with --password)")
+    dash.add_argument("--password", default=None, help="basic auth password (with --user)")
+    dash.add_argument("--refresh", type=int, default=5, help="the page reloads every N seconds (0: never)")
+    dash.set_defaults(func=cmd_dashboard)
+
     rl = sub.add_parser("run-loop", help="run a campaign end to end (default: the built-in demo) into dist/")
     rl.add_argument("--config", default=None, help="campaign YAML, or a built-in example name "
                     f"({', '.join(EXAMPLES)}); default: {DEFAULT_EXAMPLE}")
@@ -193,11 +224,9 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from autopipec_fw.cli_live import setup_logging
+
+    setup_logging(args.verbose)  # one handler for all log lines (FireWorks' own are dropped), DEBUG only with -v
     # SIGTERM (kill, a batch system's time limit) ends the command like Ctrl-C: what it started is stopped
     signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -227,6 +228,13 @@ def extend_workflow(lp, layout: CampaignLayout, fw_id: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------- status
 @dataclass
 class CampaignStatus:
+    """What `mlip-auto status` shows (and `--json` prints), from the LaunchPad alone.
+
+    ``generations``: one dict per fitted generation (``generation``, ``structures``, train/test energy RMSE in
+    meV/atom and force RMSE in meV/Å, ``seconds``); ``stops``: one per extrapolation stop (``iteration``,
+    ``max_gamma``, ``n_candidates``, ``n_selected``, ``n_labelled``, ``not_labelled`` and why); ``failures``: one
+    per FIZZLED Firework (``firework``, ``fw_id``, ``message``, the whole ``error`` text, ``launch_dir``)."""
+
     name: str
     campaign_dir: str
     state: str
@@ -241,7 +249,12 @@ class CampaignStatus:
     stops: list[dict[str, Any]] = field(default_factory=list)
     loop_end: str | None = None
     package: str | None = None
-    errors: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        """One line per failure: '<firework>: <message>'."""
+        return [f"{f['firework']}: {f['message']}" for f in self.failures]
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -249,17 +262,40 @@ class CampaignStatus:
         return d
 
 
-def _figures_of(lp, fw_ids: list[int]) -> list[tuple[dict, dict]]:
-    """(firework doc, stored_data of its last launch) for the finished Fireworks."""
+def _figures_of(lp, fw_ids: list[int]) -> list[tuple[dict, dict, dict]]:
+    """(firework doc, stored_data of its last launch, that launch's doc without action) for the Fireworks."""
     out = []
-    fields = {"fw_id": 1, "name": 1, "state": 1, "spec.stage": 1, "spec._tasks": 1, "launches": 1}
-    for fw in lp.fireworks.find({"fw_id": {"$in": fw_ids}}, fields):
+    for fw in lp.fireworks.find({"fw_id": {"$in": fw_ids}}, {"fw_id": 1, "name": 1, "state": 1, "spec.stage": 1,
+                                                            "spec._tasks": 1, "launches": 1}):
         stored: dict = {}
+        launch: dict = {}
         if fw.get("launches"):
-            launch = lp.launches.find_one({"launch_id": fw["launches"][-1]}, {"action.stored_data": 1})
-            stored = ((launch or {}).get("action") or {}).get("stored_data") or {}
-        out.append((fw, stored))
+            launch = lp.launches.find_one({"launch_id": fw["launches"][-1]},
+                                          {"action.stored_data": 1, "launch_dir": 1, "host": 1}) or {}
+            stored = (launch.get("action") or {}).get("stored_data") or {}
+        out.append((fw, stored, launch))
     return out
+
+
+def error_message(stacktrace: str) -> tuple[str, str]:
+    """(the exception's first line, its whole text) from a Python traceback as FireWorks stores it: what follows
+    the last frame, with the exception's module path dropped (``OracleConfigError: ...``)."""
+    lines = stacktrace.strip().splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith("  File ")), default=-1)
+    rest = lines[last_frame + 1:]
+    while rest and rest[0].startswith("    "):  # the frame's source line and its ^^^ markers
+        rest = rest[1:]
+    text = "\n".join(rest).strip() or (lines[-1] if lines else "failed")
+    first = text.splitlines()[0]
+    head, sep, tail = first.partition(": ")
+    if sep and "." in head and " " not in head:
+        first = f"{head.rsplit('.', 1)[-1]}: {tail}"
+    return first, text
+
+
+def _stage_task(fw: dict) -> dict:
+    tasks = (fw.get("spec") or {}).get("_tasks") or []
+    return tasks[0] if tasks and isinstance(tasks[0], dict) else {}
 
 
 def campaign_status(lp, fw_id: int) -> CampaignStatus:
@@ -268,42 +304,64 @@ def campaign_status(lp, fw_id: int) -> CampaignStatus:
     meta = wf.get("metadata", {})
     st = CampaignStatus(name=meta.get("campaign", wf["name"]), campaign_dir=meta.get("campaign_dir", "?"),
                         state=wf["state"])
-    figures = sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"])
-    # batch files the oracle has labelled (or is labelling): a stop whose selection is in none was never labelled
-    to_oracle = {(fw.get("spec") or {}).get("_tasks", [{}])[0].get("structures_file") for fw, _ in figures
-                 if (fw.get("spec") or {}).get("stage") == "oracle"}
-    for fw, stored in figures:
+    labelled: Counter = Counter()  # structures_file -> structures labelled by COMPLETED oracle Fireworks
+    pending: Counter = Counter()  # structures_file -> oracle Fireworks not (yet) COMPLETED
+    for fw, stored, launch in sorted(_figures_of(lp, list(wf["nodes"])), key=lambda t: t[0]["fw_id"]):
         st.fireworks[fw["state"]] += 1
         stage = (fw.get("spec") or {}).get("stage")
         if fw["state"] == "RUNNING":
             st.running.append(fw["name"])
         if fw["state"] == "FIZZLED":
             exc = (stored.get("_exception") or {}).get("_stacktrace", "")
-            st.errors.append(f"{fw['name']}: {exc.strip().splitlines()[-1] if exc else 'failed'}")
+            message, text = error_message(exc) if exc else ("failed (no error recorded)", "")
+            st.failures.append({"firework": fw["name"], "fw_id": int(fw["fw_id"]), "stage": stage,
+                                "message": message, "error": text, "launch_dir": launch.get("launch_dir"),
+                                "host": launch.get("host")})
+        if stage == "oracle" and fw["state"] != "COMPLETED":
+            pending[_stage_task(fw).get("structures_file")] += 1
         if fw["state"] != "COMPLETED":
             continue
         if stage == "oracle":
             st.oracle_calls += int(stored.get("labelled", 0))
+            labelled[stored.get("structures_file") or _stage_task(fw).get("structures_file")] += \
+                int(stored.get("labelled", 0))
         elif stage == "fit":
             m = stored.get("metrics") or {}
-            st.generations.append({"generation": stored.get("generation"),
-                                   "training_set_size": stored.get("training_set_size"), **m})
+            st.generations.append({
+                "generation": stored.get("generation"), "structures": stored.get("training_set_size"),
+                "train_energy_rmse": m.get("train_energy_rmse"), "train_force_rmse": m.get("train_force_rmse"),
+                "test_energy_rmse": m.get("test_energy_rmse"), "test_force_rmse": m.get("test_force_rmse"),
+                "seconds": stored.get("seconds", m.get("seconds")), "reused_from": m.get("reused_from"),
+                "upfit": m.get("upfit"),
+            })
         elif stage == "akmc":
-            st.iteration = max(st.iteration, int(stored.get("iteration", 0)))
+            if int(stored.get("iteration", 0)) >= st.iteration:  # the latest aKMC run's figures (fw_ids need not
+                st.iteration = int(stored.get("iteration", 0))  # follow the loop's order)
+                st.kmc_steps_target = stored.get("kmc_steps_target")
+                st.simulated_time = stored.get("simulated_time")
             st.kmc_steps = max(st.kmc_steps, int(stored.get("kmc_steps") or 0))
-            st.kmc_steps_target = stored.get("kmc_steps_target")
-            st.simulated_time = stored.get("simulated_time")
             if stored.get("status") == "stopped":
-                stop = {"iteration": stored.get("iteration"), "max_gamma": stored.get("max_gamma"),
-                        "n_selected": stored.get("n_selected"), "n_candidates": stored.get("n_candidates")}
-                if stored.get("loop_end") and stored.get("selected_file") not in to_oracle:
-                    stop["not_labelled"] = "iteration cap" if "iteration cap" in stored["loop_end"] \
-                        else stored["loop_end"]
-                st.stops.append(stop)
+                st.stops.append({"iteration": stored.get("iteration"), "max_gamma": stored.get("max_gamma"),
+                                 "n_candidates": stored.get("n_candidates"), "n_selected": stored.get("n_selected"),
+                                 "selected_file": stored.get("selected_file"), "loop_end": stored.get("loop_end"),
+                                 "kmc_steps": stored.get("kmc_steps")})
             if stored.get("loop_end"):
                 st.loop_end = stored["loop_end"]
         elif stage == "package":
             st.package = stored.get("package")
+    for s in st.stops:
+        n_sel = int(s.get("n_selected") or 0)
+        s["n_labelled"] = min(n_sel, labelled.get(s.get("selected_file"), 0)) if s.get("selected_file") else 0
+        s["not_labelled"] = n_sel - s["n_labelled"]
+        if not s["not_labelled"]:
+            s["why_not_labelled"] = None
+        elif s.get("loop_end"):
+            s["why_not_labelled"] = f"loop ended: {s['loop_end']}"
+        elif pending.get(s.get("selected_file")):
+            s["why_not_labelled"] = "oracle not finished"
+        else:
+            s["why_not_labelled"] = "not labelled"
+    st.stops.sort(key=lambda s: s.get("iteration") or 0)
     st.generations.sort(key=lambda g: g.get("generation") or 0)
     st.stops.sort(key=lambda s: s.get("iteration") or 0)
     return st
@@ -362,6 +420,7 @@ class Worker:
     log_path: Path
     proc: subprocess.Popen | None = None
     launcher: LauncherClient | None = None
+    started: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         if self.proc is not None:
@@ -405,6 +464,8 @@ class LocalRunner:
     _waiting_for: set[int] = field(default_factory=set)
     _reruns: dict[int, int] = field(default_factory=dict)
     _last_lost_check: float = field(default_factory=time.monotonic)
+    _started: float = field(default_factory=time.monotonic)
+    _campaign: Campaign | None = None
 
     def wf_doc(self) -> dict:
         return self.lp.workflows.find_one({"nodes": self.fw_id})
@@ -684,18 +745,71 @@ class LocalRunner:
             self._launcher = None
 
     def progress(self) -> dict[str, Any]:
-        """Live figures for the progress display, from the campaign folder's stage records."""
+        """Live figures for the progress display: the campaign folder's stage records, the eOn run folders (KMC
+        steps as they are taken) and the running fits' pacemaker logs (iterations done of the fit's maxiter)."""
+        if self._campaign is None:
+            self._campaign = self.layout.campaign()
+        campaign = self._campaign
         rec = stage_records(self.layout)
         akmc = [r for k, r in sorted(rec.items()) if k.startswith("akmc_")]
         oracle = sum(int(r.get("labelled", 0)) for k, r in rec.items() if k.startswith("oracle_"))
         fits = [r for k, r in rec.items() if k.startswith("fit_")]
         last = akmc[-1] if akmc else {}
+        kmc_steps, sim_time = int(last.get("kmc_steps") or 0), last.get("simulated_time")
+        with contextlib.suppress(Exception):  # a run folder being written: the stage records' figures stand
+            trajectory = self.layout.akmc_runs().trajectory()
+            if trajectory:  # one row per KMC step taken (eOn numbers them from 0)
+                kmc_steps, sim_time = max(kmc_steps, len(trajectory)), float(trajectory[-1]["time"])
+        now = time.monotonic()
+        running = []
+        for w in sorted(self._live, key=lambda w: w.fw_id):
+            stage: dict[str, Any] = {"name": w.name.split(": ", 1)[-1], "fw_id": w.fw_id,
+                                     "seconds": round(now - w.started, 1), "done": None, "total": None, "unit": ""}
+            if "fit gen_" in stage["name"]:  # fit, refit, upfit gen_NNN
+                gen = stage["name"].split("fit gen_", 1)[1][:3]
+                done, total = fit_progress(self.layout.generations, f"gen_{gen}")
+                stage.update(done=done, total=total, unit="fit iterations")
+            running.append(stage)
         return {
-            "running": [w.name.split(": ", 1)[-1] for w in self._live],
-            "iteration": last.get("iteration", 0), "kmc_steps": last.get("kmc_steps", 0),
-            "kmc_target": self.layout.campaign().akmc.kmc_steps, "oracle_calls": oracle,
-            "generations": len(fits), "stops": sum(1 for r in akmc if r.get("status") == "stopped"),
+            "campaign": campaign.name, "elapsed": round(now - self._started, 1), "running": running,
+            # the loop's iteration under way: after a stop, the next one (its labels, refit and resumed aKMC)
+            "iteration": int(last.get("iteration", 0)) + (1 if last.get("status") == "stopped" else 0),
+            "max_iterations": campaign.akmc.max_iterations,
+            "kmc_steps": kmc_steps, "kmc_target": campaign.akmc.kmc_steps, "simulated_time": sim_time,
+            "oracle_calls": oracle, "generations": len(fits),
+            "stops": sum(1 for r in akmc if r.get("status") == "stopped"),
         }
+
+
+_ITERATION = re.compile(rb"Iteration:?\s+#(\d+)")
+
+
+def fit_progress(generations: Path, name: str) -> tuple[int | None, int | None]:
+    """(iterations done, maxiter) of the fit of generation ``name`` now under way (``<name>.partial-*``), read
+    from its pacemaker input.yaml and the tail of its log; (None, None) while neither exists yet."""
+    import yaml
+
+    inputs = sorted(generations.glob(f"{name}.partial-*/**/input.yaml"), key=lambda p: p.stat().st_mtime)
+    if not inputs:
+        return None, None
+    work = inputs[-1].parent
+    total = None
+    with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        total = int((yaml.safe_load(inputs[-1].read_text()) or {}).get("fit", {}).get("maxiter"))
+    done = 0
+    for log_name in ("log.txt", "pacemaker.out"):
+        try:
+            with open(work / log_name, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                found = _ITERATION.findall(f.read())
+        except OSError:
+            continue
+        if found:
+            done = max(done, int(found[-1]))
+    if total is not None:
+        done = min(done, total)
+    return done, total
 
 
 # ---------------------------------------------------------------------------------------------- a run-loop's session

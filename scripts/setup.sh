@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh            the demo stack: .venv (Python 3.13) + pinned Python stack + local eOn runtime
 #   scripts/setup.sh --tests    the same, plus what the test suite needs: GPAW, Quantum ESPRESSO, SLURM, munge,
-#                               Eigen (for the C++ eOn client the differential tests build)
+#                               Eigen (for the C++ eOn client the differential tests build), Chromium (headless,
+#                               for the dashboard's browser test)
 #
 # Every step is keyed by a stamp file holding the hash of its inputs, so a second run finishes in seconds.
 set -euo pipefail
@@ -54,7 +55,8 @@ find_python313() {
 # 1. system packages
 BASE_APT=(ca-certificates)
 TEST_APT=(build-essential libeigen3-dev libxc-dev libopenblas-dev liblapack-dev libfftw3-dev
-          quantum-espresso quantum-espresso-data slurmctld slurmd slurm-client munge)
+          quantum-espresso quantum-espresso-data slurmctld slurmd slurm-client munge
+          chromium)  # chromium: the dashboard's browser test (headless --dump-dom / --screenshot)
 apt_install "${BASE_APT[@]}"
 ((WITH_TESTS)) && apt_install "${TEST_APT[@]}"
 

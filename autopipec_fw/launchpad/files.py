@@ -80,7 +80,24 @@ def load_launchpad(path: str | Path):  # -> fireworks.LaunchPad (kept lazy: Fire
                                 "run 'mlip-auto db start' or write one with your MongoDB URI") from None
     if not isinstance(data, dict) or "host" not in data:
         raise ValueError(f"{path}: expected a FireWorks LaunchPad mapping with at least 'host'")
-    return LaunchPad.from_dict(data)
+    lp = LaunchPad.from_dict(data)
+    _one_console_handler(lp.m_logger)
+    return lp
+
+
+def _one_console_handler(logger) -> None:
+    """FireWorks gives its logger a console handler of its own; when the application has set up logging (a
+    handler on the root logger, as mlip-auto does) that handler is dropped, so each line appears once (through
+    the application's handler, at its level). Without one, FireWorks' own output is left as it is."""
+    import logging
+    import sys
+
+    if not logging.getLogger().handlers:
+        return
+    consoles = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s is not None}
+    for h in list(logger.handlers):
+        if type(h) is logging.StreamHandler and id(getattr(h, "stream", None)) in consoles:
+            logger.removeHandler(h)
 
 
 def ensure_initialized(lp) -> bool:

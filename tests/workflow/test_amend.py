@@ -201,10 +201,11 @@ def test_status_says_when_a_stop_was_never_labelled(embedded_db: EmbeddedDB, tmp
                                                          "autopipec_fw": True}))
     rapidfire(lp, nlaunches=0)
     st = campaign_status(lp, a.fw_id if a.fw_id > 0 else find_workflow(lp, tmp_path / "cap"))
-    assert [s.get("not_labelled") for s in st.stops] == [None, "iteration cap"]
+    assert [(s["n_labelled"], s["not_labelled"]) for s in st.stops] == [(4, 0), (0, 3)]
+    assert st.stops[0]["why_not_labelled"] is None
+    assert "iteration cap" in st.stops[1]["why_not_labelled"]
     console = Console(record=True, width=200)
     console.print(*status_tables([st]))
     text = console.export_text()
-    assert "max gamma 7.5, 4 structures to the oracle" in text
-    assert "max gamma 6, 3 candidates, not labelled (iteration cap)" in text
-    assert "3 structures to the oracle" not in text
+    assert "stop 1: 3 selected structure(s) not labelled (loop ended: iteration cap reached (2)" in text
+    assert "stop 0:" not in text  # a stop whose selection was labelled has no such line
