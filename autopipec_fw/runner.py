@@ -200,7 +200,8 @@ def extend_workflow(lp, layout: CampaignLayout, fw_id: int) -> list[int]:
     target, steps, it = campaign.akmc.kmc_steps, int(last.get("kmc_steps") or 0), int(last["iteration"])
     cdir = str(layout.root)
     if last.get("status") == "stopped" and it + 1 < campaign.akmc.max_iterations:
-        loop = loop_detour(campaign, cdir, it, last.get("selected_file"), int(last.get("n_selected") or 0))
+        loop = loop_detour(campaign, cdir, it, last.get("selected_file"), int(last.get("n_selected") or 0),
+                           last.get("generation"))
         fws, tail = list(loop.fws), loop.leaf_fw_ids
         why = f"akmc.max_iterations {campaign.akmc.max_iterations} lifts the iteration cap reached at stop {it}"
     elif last.get("status") == "completed" and steps < target:

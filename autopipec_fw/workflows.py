@@ -41,17 +41,20 @@ def oracle_fireworks(campaign: Campaign, campaign_dir: str, structures_file: str
 
 
 def loop_detour(campaign: Campaign, campaign_dir: str, iteration: int, selected_file: str | None,
-                n_selected: int) -> Workflow:
-    """After stop `iteration`: label the selected structures, refit, and resume aKMC (a new eOn segment for the
-    new potential). Nothing selected (every candidate unphysical or already known): no labels, so no refit
-    either; aKMC resumes with the same potential."""
+                n_selected: int, generation: int | None = None) -> Workflow:
+    """After stop `iteration` of a run on generation `generation` (default: `iteration`, one fit per stop): label
+    the selected structures, fit generation `generation` + 1, and resume aKMC (a new eOn segment for the new
+    potential). Nothing selected (every candidate unphysical or already known): no labels, so no refit either;
+    aKMC resumes with the same potential, and the next stop's fit is still the next generation (its index is
+    the stopped run's generation + 1, not the iteration + 1)."""
+    new = (iteration if generation is None else int(generation)) + 1
     if not selected_file or n_selected <= 0:
         nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
                   f"aKMC #{iteration + 1} (resume, no new data)")
         return Workflow([nxt], name=f"{campaign.name} loop {iteration + 1}")
     oracles = oracle_fireworks(campaign, campaign_dir, selected_file, n_selected, f"iter_{iteration:03d}")
-    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=iteration + 1), "fit", campaign,
-              f"{'upfit' if campaign.fit.upfit else 'refit'} gen_{iteration + 1:03d}", parents=oracles)
+    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=new), "fit", campaign,
+              f"{'upfit' if campaign.fit.upfit else 'refit'} gen_{new:03d}", parents=oracles)
     nxt = _fw(AkmcTask(campaign_dir=campaign_dir, iteration=iteration + 1), "akmc", campaign,
               f"aKMC #{iteration + 1} (resume)", parents=[fit])
     return Workflow([*oracles, fit, nxt], name=f"{campaign.name} loop {iteration + 1}")

@@ -21,6 +21,6 @@ class AkmcTask(FiretaskBase):
         figures = akmc(layout, int(self["iteration"]))
         if figures["status"] == "stopped" and "loop_end" not in figures:
             detour = loop_detour(layout.campaign(), self["campaign_dir"], int(self["iteration"]),
-                                 figures["selected_file"], figures["n_selected"])
+                                 figures["selected_file"], figures["n_selected"], figures.get("generation"))
             return FWAction(stored_data=figures, detours=detour)
         return FWAction(stored_data=figures, update_spec={"loop_end": figures.get("loop_end")})

@@ -58,6 +58,10 @@ def test_loop_detour_is_oracle_then_upfit_then_resumed_akmc() -> None:
     assert "refit gen_001" in _names(loop_detour(Campaign(), "/x", 0, "iter_000.extxyz", 1))  # default: fresh
     warm = Campaign(fit={"upfit": True})
     assert "upfit gen_001" in _names(loop_detour(warm, "/x", 0, "iter_000.extxyz", 1))
+    # stop 1 selected nothing (no refit), so stop 2 of a run on gen_001 fits gen_002, not gen_003
+    wf = loop_detour(Campaign(), "/x", 2, "iter_002.extxyz", 2, generation=1)
+    assert "refit gen_002" in _names(wf)
+    assert [fw.tasks[0]["generation"] for fw in wf.fws if fw.spec.get("stage") == "fit"] == [2]
 
 
 def test_shipped_spec_is_current_and_lpad_add_accepts_it(embedded_db: EmbeddedDB) -> None:
