@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/loop_convergence.py campaigns/cu-adatom-demo [more campaign folders]
     .venv/bin/python benchmarks/loop_convergence.py --run Ag:adatom_on_slab Ni:vacancy_in_bulk [--port 27500]
+    .venv/bin/python benchmarks/loop_convergence.py --sweep          # every EMT element x adatom / vacancy
+    .venv/bin/python benchmarks/loop_convergence.py --repeat 3 --config cu-adatom   # the demo 3 x: the spread
 
 Prints per campaign: the loop's wall time (first stage start to last stage end), the first fit's own time and the
 ratio of the two (bar: at most 3), fits that ran (reused generations are not fits; bar: at most 4), oracle labels
@@ -12,7 +14,10 @@ test energy / force RMSE, and the gate's held-out RMSEs and largest barrier erro
 
 `--run ELEMENT:KIND` writes a campaign file with only `elements`, `structure` and `package` (every other setting is
 a default, as a new user writes it), runs `mlip-auto run-loop` on it in a fresh workspace under
-benchmarks/.runs/ (or --workspace), and reports the same figures: does it graduate with no tuning?
+benchmarks/.runs/ (or --workspace), and reports the same figures: does it graduate with no tuning? `--sweep` does
+that for every element EMT has parameters for (Al Cu Ag Au Ni Pd Pt) on both structure kinds. `--repeat N --config
+NAME` runs a built-in example (or campaign file) N times, each in a fresh workspace, and prints the spread (min /
+median / max) of every figure: one run of a stochastic loop is not a measurement.
 """
 
 from __future__ import annotations
@@ -136,20 +141,75 @@ def run(spec: str, workspace: Path, port: int) -> Path:
     return ws / "campaigns" / doc["name"]
 
 
+EMT_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
+SPREAD_KEYS = ("wall_seconds", "first_fit_seconds", "wall_over_first_fit", "fits", "oracle_labels", "n_stops",
+               "fit_seconds", "holdout_energy_rmse", "holdout_force_rmse", "max_barrier_error")
+
+
+def run_config(config: str, workspace: Path, port: int) -> Path:
+    """`mlip-auto run-loop --config CONFIG` in a fresh ``workspace``; the campaign folder it made."""
+    if workspace.exists() and any(workspace.iterdir()):
+        raise SystemExit(f"{workspace}: not empty; give --workspace a fresh folder (a repeat must start anew)")
+    workspace.mkdir(parents=True, exist_ok=True)
+    if Path(config).exists():  # a campaign file: the run's folder is the workspace
+        config = str(Path(config).resolve())
+    mlip = Path(sys.executable).parent / "mlip-auto"
+    t0 = time.perf_counter()
+    r = subprocess.run([str(mlip), "run-loop", "--config", config, "--port", str(port)], cwd=workspace,
+                       check=False, stdout=subprocess.DEVNULL)
+    print(f"{workspace.name}: run-loop exit {r.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
+    found = sorted((workspace / "campaigns").glob("*/stages"))
+    if not found:
+        raise SystemExit(f"{workspace}/campaigns: no campaign folder after the run (exit {r.returncode})")
+    return found[0].parent
+
+
+def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """min / median / max of each figure over repeated runs (None where a run has no value)."""
+    import statistics
+
+    out: dict[str, Any] = {"runs": len(rows), "graduated": sum(bool(r["graduated"]) for r in rows)}
+    for key in SPREAD_KEYS:
+        vals = [float(r[key]) for r in rows if r.get(key) is not None]
+        out[key] = (min(vals), statistics.median(vals), max(vals)) if vals else None
+    return out
+
+
+def show_spread(sp: dict[str, Any]) -> None:
+    print(f"== spread over {sp['runs']} runs: {sp['graduated']} graduated")
+    for key in SPREAD_KEYS:
+        v = sp[key]
+        print(f"  {key}: " + ("-" if v is None else f"min {v[0]:.3g}, median {v[1]:.3g}, max {v[2]:.3g}"))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("campaigns", nargs="*", type=Path, help="finished campaign folders")
     ap.add_argument("--run", nargs="*", default=[], metavar="ELEMENT:KIND")
     ap.add_argument("--workspace", type=Path, default=Path(__file__).parent / ".runs")
     ap.add_argument("--port", type=int, default=27500)
+    ap.add_argument("--sweep", action="store_true", help="--run every EMT element on both structure kinds")
+    ap.add_argument("--repeat", type=int, default=0, metavar="N", help="run --config N times, print the spread")
+    ap.add_argument("--config", default="cu-adatom", help="with --repeat: a built-in example or campaign file")
     ap.add_argument("--json", action="store_true", help="one JSON document per campaign instead of text")
     args = ap.parse_args(argv)
-    folders = list(args.campaigns) + [run(s, args.workspace.resolve(), args.port) for s in args.run]
+    specs = list(args.run) + ([f"{e}:{k}" for e in EMT_ELEMENTS for k in ("adatom_on_slab", "vacancy_in_bulk")]
+                              if args.sweep else [])
+    ws = args.workspace.resolve()
+    folders = list(args.campaigns) + [run(s, ws, args.port) for s in specs]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folders += [run_config(args.config, ws / f"repeat-{stamp}-{i}", args.port) for i in range(args.repeat)]
     if not folders:
-        ap.error("give campaign folders or --run ELEMENT:KIND")
+        ap.error("give campaign folders, --run ELEMENT:KIND, --sweep or --repeat N")
+    rows = []
     for d in folders:
         f = figures(d)
+        f["n_stops"] = len(f["stops"])
+        rows.append(f)
         print(json.dumps(f)) if args.json else show(f)
+    if len(rows) > 1:
+        sp = spread(rows)
+        print(json.dumps({"spread": sp})) if args.json else show_spread(sp)
     return 0
 
 
