@@ -79,7 +79,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml"}
+EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml", "al-adatom-gpaw": "al_adatom_gpaw.yaml"}
 DEFAULT_EXAMPLE = "cu-adatom"
 
 
@@ -87,10 +87,11 @@ def _campaign_arg(value: str | None):
     """A campaign file path, or the name of a built-in example."""
     if value is None:
         value = DEFAULT_EXAMPLE
-    if value in EXAMPLES and not Path(value).exists():
+    name = value.replace("_", "-")  # al_adatom_gpaw (the file's stem) names the same example
+    if name in EXAMPLES and not Path(value).exists():
         from importlib.resources import files
 
-        return load_campaign(Path(str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[value])))
+        return load_campaign(Path(str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[name])))
     return load_campaign(value)
 
 
