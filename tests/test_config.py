@@ -95,4 +95,4 @@ def test_built_in_examples_load_by_name_and_by_file_stem() -> None:
     assert gpaw.oracle.calculator == "gpaw" and gpaw.elements == ["Al"]
     assert effective_parameters(gpaw.oracle)["mode"] == {"name": "pw", "ecut": 200.0}
     slab = build_structure(gpaw.structure)
-    assert len(slab) == 13 and kpoint_grid(slab, gpaw.oracle.kpoint_density).grid == (2, 2, 1)
+    assert len(slab) == 13 and kpoint_grid(slab, gpaw.oracle.kpoint_density).grid == (3, 3, 1)
