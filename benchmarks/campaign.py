@@ -7,7 +7,7 @@
 (c) the share of the campaign's wall time spent outside the oracle, the fits and the potential's force
     evaluations (target: at most 10 %).
 
-    .venv/bin/python benchmarks/campaign.py [--workspace DIR] [--config cu-adatom] [--port 27418]
+    .venv/bin/python benchmarks/campaign.py [--workspace DIR] [--config cu-adatom] [--port 27418] [--no-run]
 
 The direct reference runs eOn aKMC with EMT (the demo's oracle) evaluated in-process, from the same starting
 structure, with the same settings, until it has done as many KMC steps as the campaign did, and counts its
@@ -190,13 +190,18 @@ def main() -> int:
     ap.add_argument("--workspace", type=Path, default=Path("benchmark-workspace"))
     ap.add_argument("--config", default="cu-adatom")
     ap.add_argument("--port", type=int, default=27418)
+    ap.add_argument("--no-run", action="store_true",
+                    help="report on the campaign folder as it is (e.g. one whose gate failed); never run it")
     args = ap.parse_args()
     ws = args.workspace.resolve()
     ws.mkdir(parents=True, exist_ok=True)
     campaign = _campaign_arg(args.config)
     layout = CampaignLayout(campaign.resolved_workdir(ws))
     run_wall = None
-    if "package" not in stage_records(layout):
+    if args.no_run and not any(k.startswith("akmc_") for k in stage_records(layout)):
+        print(f"{layout.root}: no aKMC record to report on (--no-run)")
+        return 1
+    if "package" not in stage_records(layout) and not args.no_run:
         run_wall = run_campaign(ws, args.config, args.port)
     rec = stage_records(layout)
     akmc = [r for k, r in sorted(rec.items()) if k.startswith("akmc_")]
