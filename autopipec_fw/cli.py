@@ -80,7 +80,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml"}
+EXAMPLES = {"cu-adatom": "cu_adatom.yaml", "al-vacancy": "al_vacancy.yaml", "al-adatom-gpaw": "al_adatom_gpaw.yaml"}
 DEFAULT_EXAMPLE = "cu-adatom"
 
 
@@ -89,10 +89,11 @@ def _campaign_arg(value: str | None, check: bool = False):
     calculation (`autopipec_fw.preflight.check_campaign`), as submit and run-loop do before anything else."""
     if value is None:
         value = DEFAULT_EXAMPLE
-    if value in EXAMPLES and not Path(value).exists():
+    name = value.replace("_", "-")  # al_adatom_gpaw (the file's stem) names the same example
+    if name in EXAMPLES and not Path(value).exists():
         from importlib.resources import files
 
-        value = str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[value])
+        value = str(files("autopipec_fw") / "data" / "examples" / EXAMPLES[name])
     campaign = load_campaign(value)
     if check:
         from autopipec_fw.preflight import check_campaign

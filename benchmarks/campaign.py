@@ -7,11 +7,18 @@
 (c) the share of the campaign's wall time spent outside the oracle, the fits and the potential's force
     evaluations (target: at most 10 %).
 
-    .venv/bin/python benchmarks/campaign.py [--workspace DIR] [--config cu-adatom] [--port 27418]
+    .venv/bin/python benchmarks/campaign.py [--workspace DIR] [--config cu-adatom] [--port 27418] [--no-run]
 
 The direct reference runs eOn aKMC with EMT (the demo's oracle) evaluated in-process, from the same starting
 structure, with the same settings, until it has done as many KMC steps as the campaign did, and counts its
 force calls (every one would be an oracle call).
+
+With a DFT oracle (gpaw, espresso, vasp; e.g. ``--config al-adatom-gpaw``) the direct run is not made: its force
+calls are taken from the campaign's own aKMC records (every force call of every segment, the searches that only
+collected candidates after a stop included), each priced at the measured seconds of one DFT single point of the
+aKMC cell (the median over the campaign's single points with that many atoms, from their oracle.json). It then
+also prints every DFT call of the campaign (training labels, held-out set, barrier-path points) and the share of
+the wall time in DFT: the union on the clock of every single point's interval (oracle.json: its end and seconds).
 
 (c) is measured on the clock, not summed over processes: the wall time runs from the first Firework's start to
 the last one's end (from the LaunchPad's launch documents); "inside" is the union of the intervals in which an
@@ -131,18 +138,70 @@ def direct_akmc_force_calls(layout: CampaignLayout, kmc_steps: int) -> tuple[int
     return res.force_calls, res.kmc_steps, seconds
 
 
+DFT_ORACLES = ("gpaw", "espresso", "vasp")
+
+
+def _natoms(folder: Path) -> int:
+    with open(folder / "input.extxyz") as fd:
+        return int(fd.readline().split()[0])
+
+
+def single_points(layout: CampaignLayout) -> list[dict]:
+    """Every finished single point of the campaign (training labels, held-out set, barrier paths): its folder,
+    source, atoms, seconds and clock interval (oracle.json is written when the single point ends)."""
+    out = []
+    for root, kind in ((layout.oracle, "training"), (layout.validation, "validation")):
+        for meta_file in sorted(root.rglob("oracle.json")) if root.is_dir() else []:
+            if "failed_run_" in str(meta_file) or not (meta_file.parent / "result.extxyz").exists():
+                continue
+            meta = json.loads(meta_file.read_text())
+            end = meta_file.stat().st_mtime
+            seconds = float(meta.get("seconds") or 0.0)
+            where = "barrier" if "barriers" in meta_file.parts else "holdout" if kind == "validation" else "training"
+            out.append({"folder": str(meta_file.parent), "kind": where, "natoms": _natoms(meta_file.parent),
+                        "seconds": seconds, "interval": (end - seconds, end)})
+    return out
+
+
+def dft_comparison(layout: CampaignLayout, akmc_records: list[dict], kmc_steps: int) -> dict:
+    """(a) for a DFT oracle, without running aKMC on DFT: the campaign's aKMC force calls x the measured seconds
+    per DFT single point of the aKMC cell, against the DFT calls the campaign made."""
+    from statistics import median
+
+    from autopipec_fw.structures import build_structure
+
+    campaign = layout.campaign()
+    points = single_points(layout)
+    if not points:
+        raise RuntimeError(f"{layout.oracle}: no finished single point (oracle.json + result.extxyz)")
+    natoms = len(build_structure(campaign.structure))
+    same = [p["seconds"] for p in points if p["natoms"] == natoms]
+    per_call = median(same) if same else median(p["seconds"] for p in points)
+    direct_calls = int(akmc_records[-1].get("force_calls") or 0)  # cumulative over the campaign's segments
+    by_kind = {k: sum(1 for p in points if p["kind"] == k) for k in ("training", "holdout", "barrier")}
+    return {"dft_calls": len(points), "by_kind": by_kind, "direct_force_calls": direct_calls,
+            "seconds_per_call": per_call, "n_timed": len(same), "natoms": natoms,
+            "direct_seconds": direct_calls * per_call, "dft_seconds_summed": sum(p["seconds"] for p in points),
+            "intervals": [p["interval"] for p in points], "kmc_steps": kmc_steps}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workspace", type=Path, default=Path("benchmark-workspace"))
     ap.add_argument("--config", default="cu-adatom")
     ap.add_argument("--port", type=int, default=27418)
+    ap.add_argument("--no-run", action="store_true",
+                    help="report on the campaign folder as it is (e.g. one whose gate failed); never run it")
     args = ap.parse_args()
     ws = args.workspace.resolve()
     ws.mkdir(parents=True, exist_ok=True)
     campaign = _campaign_arg(args.config)
     layout = CampaignLayout(campaign.resolved_workdir(ws))
     run_wall = None
-    if "package" not in stage_records(layout):
+    if args.no_run and not any(k.startswith("akmc_") for k in stage_records(layout)):
+        print(f"{layout.root}: no aKMC record to report on (--no-run)")
+        return 1
+    if "package" not in stage_records(layout) and not args.no_run:
         run_wall = run_campaign(ws, args.config, args.port)
     rec = stage_records(layout)
     akmc = [r for k, r in sorted(rec.items()) if k.startswith("akmc_")]
@@ -157,18 +216,33 @@ def main() -> int:
     if run_wall is not None:
         print(f"end-to-end wall time of mlip-auto run-loop: {run_wall:.0f} s")
 
-    cache = layout.stages / f"benchmark_direct_{kmc_steps}.json"  # the reference run is long: keep its figures
-    if cache.exists():
-        direct_calls, direct_steps, direct_s = json.loads(cache.read_text())
+    dft = None
+    if campaign.oracle.calculator in DFT_ORACLES:
+        dft = dft_comparison(layout, akmc, kmc_steps)
+        direct_calls = dft["direct_force_calls"]
+        ratio = direct_calls / max(1, dft["dft_calls"])
+        b = dft["by_kind"]
+        print(f"(a) DFT calls: campaign {dft['dft_calls']} {campaign.oracle.calculator} single points for "
+              f"{kmc_steps} KMC steps ({b['training']} training labels, {b['holdout']} held-out, {b['barrier']} "
+              f"barrier-path points; {dft['dft_seconds_summed']:.0f} s of DFT summed over processes); direct aKMC "
+              f"on DFT (not run): {direct_calls} force calls (the campaign's aKMC, all segments) x "
+              f"{dft['seconds_per_call']:.1f} s per DFT force call (median of {dft['n_timed']} single points of the "
+              f"{dft['natoms']}-atom aKMC cell) = {dft['direct_seconds'] / 3600:.1f} h of DFT. "
+              f"{ratio:.0f}x fewer DFT calls ({direct_calls / max(1, oracle_train):.0f}x counting training labels "
+              "only)")
     else:
-        direct_calls, direct_steps, direct_s = direct_akmc_force_calls(layout, kmc_steps)
-        cache.write_text(json.dumps([direct_calls, direct_steps, direct_s]))
-    # per KMC step, so that a direct run that could not finish every step still compares like with like
-    ratio = (direct_calls / direct_steps) / (max(1, oracle_train) / max(1, kmc_steps))
-    print(f"(a) oracle calls: campaign {oracle_train} training labels for {kmc_steps} KMC steps "
-          f"(+{oracle_holdout} held-out for validation, + CI-NEB barrier checks); direct aKMC on the oracle: "
-          f"{direct_calls} force calls for {direct_steps} KMC steps ({direct_s:.0f} s). Per KMC step "
-          f"{ratio:.0f}x fewer oracle calls (target >= 100x)")
+        cache = layout.stages / f"benchmark_direct_{kmc_steps}.json"  # the reference run is long: keep it
+        if cache.exists():
+            direct_calls, direct_steps, direct_s = json.loads(cache.read_text())
+        else:
+            direct_calls, direct_steps, direct_s = direct_akmc_force_calls(layout, kmc_steps)
+            cache.write_text(json.dumps([direct_calls, direct_steps, direct_s]))
+        # per KMC step, so that a direct run that could not finish every step still compares like with like
+        ratio = (direct_calls / direct_steps) / (max(1, oracle_train) / max(1, kmc_steps))
+        print(f"(a) oracle calls: campaign {oracle_train} training labels for {kmc_steps} KMC steps "
+              f"(+{oracle_holdout} held-out for validation, + CI-NEB barrier checks); direct aKMC on the oracle: "
+              f"{direct_calls} force calls for {direct_steps} KMC steps ({direct_s:.0f} s). Per KMC step "
+              f"{ratio:.0f}x fewer oracle calls (target >= 100x)")
 
     mae = val.get("barrier_mae")
     rows = val.get("barriers") or []
@@ -202,12 +276,19 @@ def main() -> int:
         by_stage[stage] = by_stage.get(stage, 0.0) + (b - a) - covered(inside_iv, (a, b))
     between = wall - covered([(a, b) for _, _, a, b in windows], span)
     parts = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(by_stage.items(), key=lambda kv: -kv[1]))
+    if dft is not None:
+        in_dft = covered(dft["intervals"], span)
+        print(f"      DFT ({campaign.oracle.calculator}): {in_dft:.0f} s of the {wall:.0f} s wall time on the clock = "
+              f"{100 * in_dft / wall:.1f} % (union of the {dft['dft_calls']} single points' intervals; two at once "
+              "count once)")
+        dft["share_of_wall"] = in_dft / wall
     print(f"      outside, by Firework stage (overlapping Fireworks count in each): {parts}; between Fireworks "
           f"{between:.1f} s")
     print(json.dumps({"kmc_steps": kmc_steps, "oracle_calls": oracle_train, "direct_force_calls": direct_calls,
                       "ratio": round(ratio, 1), "barrier_mae_meV": mae, "outside_share": round(outside / wall, 4),
                       "wall_seconds": round(wall, 1), "outside_by_stage": {k: round(v, 1) for k, v in by_stage.items()},
-                      "between_fireworks": round(between, 1)}))
+                      "between_fireworks": round(between, 1),
+                      **({"dft": {k: v for k, v in dft.items() if k != "intervals"}} if dft is not None else {})}))
     return 0
 
 

@@ -79,3 +79,20 @@ def test_cli_reports_the_field_without_a_traceback(tmp_path: Path) -> None:
                        capture_output=True, text=True, check=False)
     assert r.returncode == 2
     assert "akmc.kmc_steps" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_built_in_examples_load_by_name_and_by_file_stem() -> None:
+    """Every built-in example validates; `--config al-adatom-gpaw` and `--config al_adatom_gpaw` are the same."""
+    from autopipec_fw.cli import EXAMPLES, _campaign_arg
+    from autopipec_fw.oracle.calculators import effective_parameters
+    from autopipec_fw.oracle.kpoints import kpoint_grid
+    from autopipec_fw.structures import build_structure
+
+    names = {name: _campaign_arg(name).name for name in EXAMPLES}
+    assert len(set(names.values())) == len(EXAMPLES)
+    gpaw = _campaign_arg("al-adatom-gpaw")
+    assert _campaign_arg("al_adatom_gpaw") == gpaw
+    assert gpaw.oracle.calculator == "gpaw" and gpaw.elements == ["Al"]
+    assert effective_parameters(gpaw.oracle)["mode"] == {"name": "pw", "ecut": 200.0}
+    slab = build_structure(gpaw.structure)
+    assert len(slab) == 13 and kpoint_grid(slab, gpaw.oracle.kpoint_density).grid == (3, 3, 1)
