@@ -66,7 +66,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    campaign = load_campaign(args.config)
+    campaign = _campaign_arg(args.config)  # a file, or a built-in example by name (default: the demo)
     if args.action == "check":
         from autopipec_fw.preflight import check_campaign
 

@@ -96,3 +96,12 @@ def test_built_in_examples_load_by_name_and_by_file_stem() -> None:
     assert effective_parameters(gpaw.oracle)["mode"] == {"name": "pw", "ecut": 200.0}
     slab = build_structure(gpaw.structure)
     assert len(slab) == 13 and kpoint_grid(slab, gpaw.oracle.kpoint_density).grid == (3, 3, 1)
+
+
+def test_config_check_and_show_take_a_built_in_example_by_name(capsys) -> None:
+    from autopipec_fw.cli import main
+
+    assert main(["config", "check", "--config", "al-vacancy"]) == 0
+    assert "valid campaign 'al-vacancy-demo'" in capsys.readouterr().out
+    assert main(["config", "show", "--config", "al_adatom_gpaw"]) == 0  # the file's stem works too
+    assert "calculator: gpaw" in capsys.readouterr().out
