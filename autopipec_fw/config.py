@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from autopipec_fw.licenses import BibTeX, SpdxLicense
+
 SEMVER_RE = (
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
@@ -242,27 +244,13 @@ class PackageSettings(_Model):
     name: str = Field("cu-adatom-ace", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: str = Field("1.0.0", pattern=SEMVER_RE, description="SemVer")
     author: str = "autopipec-fw demo"
-    license: str = Field("CC-BY-4.0", description="SPDX identifier")
-    citation: str = Field(
+    license: SpdxLicense = Field("CC-BY-4.0", description="SPDX identifier")
+    citation: BibTeX = Field(
         "@misc{autopipec_fw, title = {autopipec-fw: on-the-fly ACE potentials for aKMC}, year = {2026}}",
         description="BibTeX",
     )
     description: str = "ACE potential for Cu surface diffusion, trained on the fly in eOn aKMC"
     dist_dir: Path = Field(Path("dist"), description="where packages go (relative: to the current folder)")
-
-    @field_validator("license")
-    @classmethod
-    def _spdx(cls, v: str) -> str:
-        from autopipec_fw.licenses import check_spdx
-
-        return check_spdx(v)
-
-    @field_validator("citation")
-    @classmethod
-    def _bibtex(cls, v: str) -> str:
-        from autopipec_fw.licenses import check_bibtex
-
-        return check_bibtex(v)
 
 
 class Campaign(_Model):

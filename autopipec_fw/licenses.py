@@ -1,12 +1,15 @@
 """Package metadata rules shared by the campaign check and the manifest: SPDX license expressions, BibTeX.
 
-Plain functions, no dependencies: `mlip-auto config check` refuses a bad license before the campaign runs,
-and the manifest refuses it again when a package is written.
+Plain functions, and the field types `SpdxLicense` / `BibTeX` that apply them: `mlip-auto config check` refuses a
+bad license before the campaign runs, and the manifest refuses it again when a package is written.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 # SPDX identifiers accepted as they are (a practical subset of https://spdx.org/licenses/ for data and
 # software); anything else must be a "LicenseRef-..." identifier. Expressions combine them with AND/OR/WITH.
@@ -71,3 +74,9 @@ def check_bibtex(v: str) -> str:
     if not _BIBTEX.match(v) or v.count("{") != v.count("}"):
         raise ValueError("expected one BibTeX entry such as '@article{key, title = {...}, year = {2026}}'")
     return v
+
+
+SpdxLicense = Annotated[str, AfterValidator(check_spdx)]
+"""A pydantic field type: an SPDX license expression (`check_spdx`)."""
+BibTeX = Annotated[str, AfterValidator(check_bibtex)]
+"""A pydantic field type: one BibTeX entry (`check_bibtex`)."""

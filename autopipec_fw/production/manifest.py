@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autopipec_fw.config import SEMVER_RE, Campaign
-from autopipec_fw.licenses import check_bibtex, check_spdx
+from autopipec_fw.licenses import BibTeX, SpdxLicense, check_bibtex, check_spdx  # noqa: F401 (re-exported)
 
 SCHEMA_PATH = Path(__file__).with_name("metadata.schema.json")
 SCHEMA_VERSION = "1.0"
@@ -114,8 +114,8 @@ class ProductionManifest(BaseModel):
     version: str = Field(description="SemVer 2.0.0, e.g. 1.0.0")
     description: str = ""
     author: str = Field(min_length=1)
-    license: str = Field(description="SPDX license identifier or expression")
-    citation: str = Field(description="BibTeX entry")
+    license: SpdxLicense = Field(description="SPDX license identifier or expression")
+    citation: BibTeX = Field(description="BibTeX entry")
     created: str = Field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     training_set_size: int = Field(ge=0, description="structures in the final training set")
     generation: int | None = Field(None, ge=0)
@@ -131,16 +131,6 @@ class ProductionManifest(BaseModel):
         if not _SEMVER.match(v):
             raise ValueError(f"{v!r} is not a SemVer 2.0.0 version (MAJOR.MINOR.PATCH, e.g. '1.0.0' or '1.2.0-rc.1')")
         return v
-
-    @field_validator("license")
-    @classmethod
-    def _spdx(cls, v: str) -> str:
-        return check_spdx(v)
-
-    @field_validator("citation")
-    @classmethod
-    def _bibtex(cls, v: str) -> str:
-        return check_bibtex(v)
 
     @field_validator("created")
     @classmethod
