@@ -87,6 +87,29 @@ def name_process(reactant: Atoms, product: Atoms, structure_kind: str | None = N
     return f"concerted move ({n} atoms)", n, hop
 
 
+def net_displacement(process: ProcessRecord) -> float | None:
+    """Largest displacement of any atom (Å, minimum image) between the process's reactant and product; None
+    without geometry files."""
+    if not process.has_geometry:
+        return None
+    disp = _displacements(read_con(process.reactant), read_con(process.product))
+    return float(disp.max()) if len(disp) else 0.0
+
+
+def split_transitions(processes: Sequence[ProcessRecord]) -> tuple[list[ProcessRecord], list[ProcessRecord]]:
+    """(transitions, non-transitions): a process whose product moves no atom more than `MOVED` Å from its
+    reactant connects two points of one basin (a shallow kink of the potential that eOn's loose minimisation
+    took for a new state, often with a barrier of a few meV), not two distinct minima. Such a process is no
+    kinetics to gate: left in, its near-zero barrier would also make every real process of the state look too
+    slow to matter. Processes without geometry count as transitions (nothing to judge them by)."""
+    moves: list[ProcessRecord] = []
+    stays: list[ProcessRecord] = []
+    for p in processes:
+        d = net_displacement(p)
+        (stays if d is not None and d <= MOVED else moves).append(p)
+    return moves, stays
+
+
 def _matcher() -> Any:
     from pymatgen.analysis.structure_matcher import StructureMatcher
 

@@ -281,6 +281,20 @@ def process_table(groups: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="processes">{head}{"".join(body)}</table>'
 
 
+def excluded_table(groups: Sequence[Mapping[str, Any]]) -> str:
+    """eOn processes the gate left out of the kinetics (no net displacement), with the reason; nothing if none."""
+    if not groups:
+        return ""
+    head = ("<tr><th>left out of the gate</th><th>multiplicity (eOn processes)</th><th>states</th>"
+            "<th>barrier (eV)</th><th>largest displacement (Å)</th><th>reason</th></tr>")
+    body = []
+    for g in groups:
+        cells = [g.get("name"), g.get("multiplicity"), ", ".join(str(x) for x in g.get("states") or []),
+                 g.get("barrier"), g.get("hop_length"), g.get("reason", "")]
+        body.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    return f'<table class="excluded">{head}{"".join(body)}</table>'
+
+
 def _kv_table(d: Mapping[str, Any]) -> str:
     rows = []
     for k, v in d.items():
@@ -348,6 +362,7 @@ def render_report(
         *_pictures(pictures),
         "<h2>Processes found (distinct by symmetry)</h2>",
         process_table(v.get("processes") or []),
+        excluded_table(v.get("excluded_processes") or []),
         f"<h2>Barriers: learned (generation {html.escape(str(m.get('generation')))}) vs oracle</h2>",
         barrier_table(v.get("barriers") or []),
         "<h2>Limits of validity</h2>",

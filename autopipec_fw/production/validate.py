@@ -35,7 +35,7 @@ from ase import Atoms
 
 from autopipec_fw.config import Campaign, OracleSettings
 from autopipec_fw.eon.io import ProcessRecord, read_con, read_processes, run_temperature
-from autopipec_fw.production.kinetics import group_processes
+from autopipec_fw.production.kinetics import MOVED, group_processes, split_transitions
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class ValidationResult:
     holdout_max_gamma: float | None = None
     barriers: list[BarrierRow] = field(default_factory=list)
     processes: list[dict[str, Any]] = field(default_factory=list)  # the relevant processes, grouped by symmetry
+    # processes left out of the kinetics checks: no atom moves more than kinetics.MOVED Å (grouped by symmetry)
+    excluded_processes: list[dict[str, Any]] = field(default_factory=list)
     holdout_errors: list[dict[str, Any]] = field(default_factory=list)  # per held-out structure (meV/atom, meV/Å)
     holdout_file: str | None = None  # the labelled held-out structures (extxyz)
     holdout_seed: int = 7919
@@ -144,6 +146,7 @@ class ValidationResult:
             "holdout_max_gamma": self.holdout_max_gamma,
             "n_barriers": len(self.barriers),
             "n_distinct_processes": len(self.processes),
+            "n_excluded_processes": sum(int(g.get("multiplicity", 1)) for g in self.excluded_processes),
             "barrier_mae_meV": self.barrier_mae,
             "barrier_max_error_meV": self.barrier_max_error,
             "thresholds": dict(self.thresholds),
@@ -676,9 +679,21 @@ def validate_potential(
         t = run_temperature(Path(rd))
         temps.append(t if t is not None else campaign.akmc.temperature)
     result.temperatures = sorted(set(temps)) or [campaign.akmc.temperature]
+    kind = campaign.structure.kind
+    processes, stays = split_transitions(processes)
+    if stays:
+        result.excluded_processes = [
+            {**g.to_dict(), "reason": f"no atom moves more than {MOVED:g} Å between reactant and product"}
+            for g in group_processes(stays, kind)
+        ]
+        lowest = min(p.barrier for p in stays)
+        result.notes.append(
+            f"{len(stays)} eOn process(es) move no atom more than {MOVED:g} Å between reactant and product "
+            f"(lowest barrier {lowest * 1000:.2f} meV): one basin, not a transition between distinct minima; "
+            "left out of the barrier check and of the rate window"
+        )
 
     # 1. held-out errors
-    kind = campaign.structure.kind
     holdout = holdout_structures(campaign, vs.n_holdout,
                                  [g.representative for g in group_processes(processes, kind)], seed=holdout_seed)
     result.holdout_seed = holdout_seed
@@ -732,8 +747,10 @@ def validate_potential(
         result.notes.append("validation.max_barriers is 0: barriers not checked")
     else:
         # a gate that checked no barrier has not checked the kinetics: fail, and say why
+        runs = ", ".join(str(r) for r in eon_run_dirs)
         why = ("no eOn run folder was given" if not eon_run_dirs else
-               f"aKMC found no process with complete geometry in {', '.join(str(r) for r in eon_run_dirs)}")
+               f"every process aKMC found in {runs} moves no atom more than {MOVED:g} Å" if stays and not processes
+               else f"aKMC found no process with complete geometry in {runs}")
         result.failures.append(f"no process to check barriers against: {why} (validation.max_barriers = "
                                f"{vs.max_barriers}; set it to 0 to gate without barriers)")
 

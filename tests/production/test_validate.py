@@ -102,19 +102,72 @@ def test_process_that_does_not_exist_for_the_oracle_fails(cu_bulk_potential, eon
     """A 'process' whose product relaxes back into its reactant is no process: the gate says so."""
     import shutil
 
+    import numpy as np
+
     from autopipec_fw.config import Campaign
-    from autopipec_fw.eon.io import read_processes
+    from autopipec_fw.eon.io import con_text, read_con, read_processes
     from autopipec_fw.production.validate import validate_potential
 
     run = tmp_path / "run"
     shutil.copytree(eon_run_dir, run)
     for p in read_processes(run):
-        shutil.copyfile(p.reactant, p.product)
+        # the 'product': the mover 0.7 Å from the reactant towards the saddle (a net displacement, so a
+        # transition by the geometry), which relaxes back into the reactant
+        reactant, saddle = read_con(p.reactant), read_con(p.saddle)
+        d = saddle.positions - reactant.positions
+        i = int(np.argmax(np.linalg.norm(d, axis=1)))
+        product = reactant.copy()
+        product.positions[i] += 0.7 * d[i] / np.linalg.norm(d[i])
+        p.product.write_text(con_text(product))
     c = Campaign(validation={"n_holdout": 0, "max_barriers": 1})
     r = validate_potential(cu_bulk_potential.generation, c, tmp_path / "v", [run])
-    assert not r.passed
+    assert not r.passed and r.excluded_processes == []
     assert any("oracle: product relaxes into the reactant" in f for f in r.failures), r.failures
     assert "no held-out errors" in " ".join(r.notes)
+
+
+def test_a_process_that_moves_no_atom_is_left_out_of_the_gate(cu_bulk_potential, eon_run_dir, tmp_path) -> None:
+    """A 'process' whose product is its reactant (eOn took a shallow kink for a new state, barrier ~0) is no
+    kinetics: left out of the barrier check and of the rate window (where its zero barrier would make every real
+    process of the state look too slow to matter), listed with the reason; the real processes are gated."""
+    import shutil
+
+    from autopipec_fw.config import Campaign
+    from autopipec_fw.eon.io import PROCESSTABLE_COLUMNS, read_processes, read_processtable
+    from autopipec_fw.production.validate import validate_potential
+
+    run = tmp_path / "run"
+    shutil.copytree(eon_run_dir, run)
+    procs = read_processes(run, with_geometry=True)
+    flicker = procs[0]
+    shutil.copyfile(flicker.reactant, flicker.product)
+    table = flicker.reactant.parent.parent / "processtable"
+    lines = table.read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    cols = PROCESSTABLE_COLUMNS
+    for k, line in enumerate(rows):
+        f = line.split()
+        if int(f[0]) == flicker.process:
+            f[cols.index("barrier")] = "0.00005"
+            f[cols.index("saddle_energy")] = f"{flicker.reactant_energy + 0.00005:.6f}"
+            rows[k] = "    ".join(f)
+    table.write_text("\n".join([header, *rows]) + "\n")
+    assert any(r["barrier"] == 0.00005 for r in read_processtable(table))
+    c = Campaign(validation={"n_holdout": 0, "max_barriers": 2})
+    r = validate_potential(cu_bulk_potential.generation, c, tmp_path / "v", [run])
+    assert [g["states"] for g in r.excluded_processes] == [[flicker.state]], r.excluded_processes
+    assert "no atom moves more than 0.5" in r.excluded_processes[0]["reason"]
+    assert r.barriers and all(b.process != flicker.process or b.state != flicker.state for b in r.barriers)
+    assert not any("relaxes into the reactant" in f for f in r.failures), r.failures
+    assert any("left out of the barrier check" in n for n in r.notes), r.notes
+    assert r.metrics()["n_excluded_processes"] == 1
+
+    # every process a non-transition: nothing to gate, and the failure says so
+    for p in procs:
+        shutil.copyfile(p.reactant, p.product)
+    r2 = validate_potential(cu_bulk_potential.generation, c, tmp_path / "v2", [run])
+    assert not r2.passed and r2.barriers == []
+    assert any("moves no atom more than 0.5" in f for f in r2.failures), r2.failures
 
 
 def test_a_gate_that_found_no_process_fails_and_says_why(cu_bulk_potential, eon_run_dir, tmp_path) -> None:
