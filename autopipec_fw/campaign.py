@@ -303,12 +303,20 @@ def label_batch(layout: CampaignLayout, structures_file: str, indices: list[int]
     })
 
 
-def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
+def fit(layout: CampaignLayout, generation: int, always_refit: bool = False) -> dict[str, Any]:
     """Fit generation `generation` on the whole training set: 0 from scratch; N > 0 afresh by default (a warm
     start from N-1 with `fit.upfit`), judged against N-1 on N-1's data: when worse (`fit.warm_start_tolerance`)
-    the other kind of fit runs too and the better is kept. An existing generation is reused."""
+    the other kind of fit runs too and the better is kept. An existing generation is reused. When the previous
+    generation already predicts the new labels within `fit.refit_tolerance` (and not `always_refit`), its potential
+    is kept and only its active set is rebuilt over the grown training set (no refit)."""
     from autopipec_fw.training.dataset import TrainingSet
-    from autopipec_fw.training.fit import Generation, fit_generation, latest_generation
+    from autopipec_fw.training.fit import (
+        Generation,
+        extend_active_set,
+        fit_generation,
+        latest_generation,
+        verify_new_labels,
+    )
 
     campaign = layout.campaign()
     check_training_set(layout)
@@ -329,8 +337,21 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
             log.info("%s: training set unchanged since %s; its potential is reused (no refit)", gen_dir.name,
                      previous.name)
         else:
-            gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
-                                 previous=previous, warm_start=campaign.fit.upfit, index=generation)
+            gen = None
+            if previous is not None and campaign.fit.refit_tolerance > 0 and not always_refit:
+                # the oracle has just labelled where the potential extrapolated: if it was right there, keep it
+                frame = TrainingSet(layout.dataset).frame()
+                seen = _fitted_on(previous) or set()
+                new = frame[~frame["structure_hash"].isin(seen)]
+                check = verify_new_labels(previous, new, campaign.fit.refit_tolerance)
+                log.info("%s on the %d new labels: energy RMSE %s meV/atom, force RMSE %s meV/Å (%s)",
+                         previous.name, len(new), _r(check.get("energy_rmse")), _r(check.get("force_rmse")),
+                         "verified: no refit" if check["verified"] else "refit")
+                if check["verified"]:
+                    gen = extend_active_set(previous, frame, gen_dir, campaign.fit, check)
+            if gen is None:
+                gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
+                                     previous=previous, warm_start=campaign.fit.upfit, index=generation)
         timing = clock.figures()
     fitted_on = _fitted_on(gen) or set()  # the generation's own snapshot, not the set as it is now
     return record_stage(layout, f"fit_{generation:03d}", {
@@ -338,6 +359,10 @@ def fit(layout: CampaignLayout, generation: int) -> dict[str, Any]:
         "training_set_size": len(fitted_on) or gen.metrics.get("n_structures"),
         "training_set_digest": _set_digest(fitted_on), **timing,
     })
+
+
+def _r(x: Any, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def _fitted_on(gen) -> set[str] | None:

@@ -143,6 +143,13 @@ class FitSettings(_Model):
         "x the previous generation's (plus 0.5 meV/atom / 3 meV/Å) is fitted the other way too (fresh <-> warm "
         "start) and the better of the two is kept: a generation is not worse than the one before on the data "
         "both saw unless neither way does better")
+    refit_tolerance: float = Field(
+        0.0, ge=0,
+        description="new labels (a stop's or a teaching round's) that the current generation already predicts "
+        "within this x its own test RMSE (plus 0.5 meV/atom / 3 meV/Å), energies and forces, need no refit: the "
+        "oracle has verified the potential where it extrapolated, so the potential is kept and only its active set "
+        "is rebuilt over the grown training set (seconds instead of a fit; gamma there drops below 1). 0 (the default until measured on the demo and "
+        "the sweep) always refits; a teaching round always refits")
     kappa: float = Field(0.3, ge=0, le=1, description="force weight in the loss")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="share of data held out by pacemaker")
     tf_threads: PosInt = Field(2, description="TensorFlow intra/inter-op threads")

@@ -64,7 +64,7 @@ def teach_detour(campaign: Campaign, campaign_dir: str, round: int, teach_file: 
                  generation: int) -> Workflow:
     """After a failed gate (validation ``round``): label what it teaches, refit, validate again (round + 1)."""
     oracles = oracle_fireworks(campaign, campaign_dir, teach_file, n, f"teach_{round:02d}")
-    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=generation), "fit", campaign,
+    fit = _fw(FitTask(campaign_dir=campaign_dir, generation=generation, always_refit=True), "fit", campaign,
               f"refit gen_{generation:03d} (taught)", parents=oracles or None)
     val = _fw(ValidateTask(campaign_dir=campaign_dir, round=round + 1), "validate", campaign,
               f"validate (round {round + 1})", parents=[fit])

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -530,3 +531,89 @@ def _quality_check(work: Path, previous: Generation, settings: FitSettings) -> d
     return {"shared_structures": new["n_structures"], "energy_rmse": new["energy_rmse"],
             "force_rmse": new["force_rmse"], "previous_energy_rmse": old["energy_rmse"],
             "previous_force_rmse": old["force_rmse"], "tolerance": tol, "worse": worse}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# no refit where the oracle verified the potential
+# ------------------------------------------------------------------------------------------------------------
+
+
+def errors_on(generation: Generation, frame: pd.DataFrame) -> dict[str, float] | None:
+    """Energy RMSE per atom (meV/atom) and force RMSE (meV/Å) of `generation` on the labelled structures of
+    `frame` (against `energy_corrected`, what the potential learns); None for an empty frame."""
+    from pyace import PyACECalculator
+
+    if len(frame) == 0:
+        return None
+    calc = PyACECalculator(str(generation.yace))
+    de, dfs = [], []
+    for at, e_ref, f_ref in zip(frame["ase_atoms"], frame["energy_corrected"], frame["forces"], strict=True):
+        probe = at.copy()
+        probe.calc = calc
+        de.append((probe.get_potential_energy() - float(e_ref)) / len(at))
+        dfs.append(probe.get_forces() - np.asarray(f_ref, dtype=float).reshape(-1, 3))
+    return {
+        "energy_rmse": float(np.sqrt(np.mean(np.square(de))) * 1000.0),
+        "force_rmse": float(np.sqrt(np.mean(np.square(np.concatenate(dfs)))) * 1000.0),
+        "n_structures": len(frame),
+    }
+
+
+def verify_new_labels(previous: Generation, new: pd.DataFrame, tolerance: float) -> dict[str, Any]:
+    """Does `previous` already predict the `new` labels as well as its own test split (within `tolerance` x
+    its test RMSE, + 0.5 meV/atom / 3 meV/Å)? ``{"verified": bool, ...figures}``; 0 never verifies."""
+    m = previous.metrics or {}
+    own_e = m.get("test_energy_rmse") if m.get("test_energy_rmse") is not None else m.get("train_energy_rmse")
+    own_f = m.get("test_force_rmse") if m.get("test_force_rmse") is not None else m.get("train_force_rmse")
+    out: dict[str, Any] = {"verified": False, "tolerance": tolerance, "n_new": len(new),
+                           "own_energy_rmse": own_e, "own_force_rmse": own_f}
+    if tolerance <= 0 or own_e is None or own_f is None or len(new) == 0:
+        return out
+    errs = errors_on(previous, new)
+    assert errs is not None
+    lim_e, lim_f = tolerance * own_e + 0.5, tolerance * own_f + 3.0
+    out.update({"energy_rmse": errs["energy_rmse"], "force_rmse": errs["force_rmse"],
+                "limit_energy_rmse": lim_e, "limit_force_rmse": lim_f,
+                "verified": errs["energy_rmse"] <= lim_e and errs["force_rmse"] <= lim_f})
+    return out
+
+
+def extend_active_set(previous: Generation, frame: pd.DataFrame, final: Path, settings: FitSettings,
+                      verification: Mapping[str, Any]) -> Generation:
+    """`final` as `previous`'s potential (same yaml/yace) with its active set rebuilt over `frame` (the grown
+    training set): what the oracle verified counts as known. Written in a partial folder, renamed at the end."""
+    final = Path(final)
+    index = int(final.name.split("_")[1])
+    t0 = time.monotonic()
+    work = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    with file_lock(final.parent / ".fit.lock"):
+        if final.exists():
+            raise FitError(f"{final}: exists; nothing is overwritten")
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(previous.dir, work)
+        (work / POTENTIAL_ASI).unlink(missing_ok=True)
+        write_frame(frame, work / DATA_FILE)
+        try:
+            run_tool([tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML], work,
+                     settings.tf_threads, "tools.out")
+            if not (work / POTENTIAL_ASI).is_file():
+                raise FitError(f"{work}: {POTENTIAL_ASI} was not produced; see {work / 'tools.out'}")
+        except BaseException:
+            log.error("%s: active set not rebuilt; its folder is kept as %s", final.name,
+                      _set_aside(work, final.parent))
+            raise
+        metrics = {
+            **(previous.metrics or {}), "generation": index, "reused_from": previous.index, "previous": previous.index,
+            "active_set_extended": True, "verification": dict(verification), "quality_check": None,
+            "n_structures": len(frame), "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
+            "seconds": round(time.monotonic() - t0, 1),
+        }
+        gen = Generation(index=index, dir=final, yaml=final / POTENTIAL_YAML, yace=final / POTENTIAL_YACE,
+                         asi=final / POTENTIAL_ASI, metrics=metrics)
+        atomic_write_text(work / GENERATION_JSON, json.dumps(gen.to_dict(), indent=2, default=str))
+        os.rename(work, final)
+    log.info("%s: %s predicts the %d new labels within tolerance (energy %.2f <= %.2f meV/atom, forces %.1f <= "
+             "%.1f meV/Å): no refit, active set rebuilt over %d structures in %.0f s", final.name, previous.name,
+             verification["n_new"], verification["energy_rmse"], verification["limit_energy_rmse"],
+             verification["force_rmse"], verification["limit_force_rmse"], len(frame), metrics["seconds"])
+    return gen
