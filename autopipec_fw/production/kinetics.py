@@ -53,7 +53,8 @@ class ProcessGroup:
         }
 
 
-def _displacements(reactant: Atoms, product: Atoms) -> np.ndarray:
+def displacements(reactant: Atoms, product: Atoms) -> np.ndarray:
+    """Per-atom displacement (Å, minimum image) from `reactant` to `product` (same cell)."""
     from ase.geometry import find_mic
 
     d, _ = find_mic(product.positions - reactant.positions, reactant.cell, reactant.pbc)
@@ -69,7 +70,7 @@ def _is_adatom(atoms: Atoms, index: int) -> bool:
 
 def name_process(reactant: Atoms, product: Atoms, structure_kind: str | None = None) -> tuple[str, int, float]:
     """(name, atoms moved, largest displacement Å) of the process from ``reactant`` to ``product``."""
-    disp = _displacements(reactant, product)
+    disp = displacements(reactant, product)
     movers = np.flatnonzero(disp > MOVED)
     hop = float(disp.max()) if len(disp) else 0.0
     n = len(movers)
@@ -92,7 +93,7 @@ def net_displacement(process: ProcessRecord) -> float | None:
     without geometry files."""
     if not process.has_geometry:
         return None
-    disp = _displacements(read_con(process.reactant), read_con(process.product))
+    disp = displacements(read_con(process.reactant), read_con(process.product))
     return float(disp.max()) if len(disp) else 0.0
 
 

@@ -35,7 +35,7 @@ from ase import Atoms
 
 from autopipec_fw.config import Campaign, OracleSettings
 from autopipec_fw.eon.io import ProcessRecord, read_con, read_processes, run_temperature
-from autopipec_fw.production.kinetics import MOVED, group_processes, split_transitions
+from autopipec_fw.production.kinetics import MOVED, displacements, group_processes, split_transitions
 
 log = logging.getLogger(__name__)
 
@@ -455,10 +455,8 @@ def neb_path(
 
 def endpoint_separation(a: Atoms, b: Atoms) -> float:
     """Largest displacement of any atom between two structures of the same cell (Å, minimum image)."""
-    from ase.geometry import find_mic
-
-    d, _ = find_mic(b.positions - a.positions, a.cell, a.pbc)
-    return float(np.max(np.linalg.norm(d, axis=1))) if len(a) else 0.0
+    d = displacements(a, b)
+    return float(d.max()) if len(d) else 0.0
 
 
 MERGED_ENDPOINTS = 0.2  # Å: relaxed reactant and product closer than this are the same minimum
