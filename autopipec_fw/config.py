@@ -97,6 +97,8 @@ class OracleSettings(_Model):
         fields: dict[str, Any] = {"calculator": self.calculator, "parameters": self.parameters}
         if self.calculator != "emt":
             fields["kpoint_density"] = self.kpoint_density
+        if self.calculator == "gpaw":  # labels carry the free energy since 2026-12 (oracle.jobs.label_energy)
+            fields["energy"] = "free"
         blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

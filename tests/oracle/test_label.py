@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -143,6 +144,11 @@ def test_gpaw_labels_a_2_atom_al_cell(tmp_path):
     txt = (tmp_path / structure_hash(al2()) / "gpaw.txt").read_text()
     n1, n2, n3 = kpoint_grid(al2(), DENSITY).grid
     assert f"Monkhorst-Pack size: [{n1}, {n2}, {n3}]" in txt
+    # the label's energy is GPAW's free energy (the one the forces belong to), not its zero-width extrapolation
+    free = float(re.search(r"Free energy:\s+(\S+)", txt).group(1))
+    extrapolated = float(re.search(r"Extrapolated:\s+(\S+)", txt).group(1))
+    assert abs(lab.get_potential_energy() - free) < 2e-6
+    assert abs(free - extrapolated) > 1e-3  # GPAW's default smearing: the two differ here
     # a 1-atom cell gets its own, denser grid from the same density; one oracle hash, one training set
     one = bulk("Al", "fcc", a=4.05)
     (lab1,) = label_structures([one], settings, tmp_path)
