@@ -312,7 +312,7 @@ def fit(layout: CampaignLayout, generation: int, always_refit: bool = False) -> 
     from autopipec_fw.training.dataset import TrainingSet
     from autopipec_fw.training.fit import (
         Generation,
-        extend_active_set,
+        derive_generation,
         fit_generation,
         latest_generation,
         verify_new_labels,
@@ -333,7 +333,7 @@ def fit(layout: CampaignLayout, generation: int, always_refit: bool = False) -> 
                               f"{previous.name}")
         if previous is not None and _fitted_on(previous) == TrainingSet(layout.dataset).hashes():
             # the training set did not grow since the previous generation: the same potential, no refit
-            gen = _reuse_generation(previous, gen_dir)
+            gen = derive_generation(previous, gen_dir)
             log.info("%s: training set unchanged since %s; its potential is reused (no refit)", gen_dir.name,
                      previous.name)
         else:
@@ -348,7 +348,7 @@ def fit(layout: CampaignLayout, generation: int, always_refit: bool = False) -> 
                          previous.name, len(new), _r(check.get("energy_rmse")), _r(check.get("force_rmse")),
                          "verified: no refit" if check["verified"] else "refit")
                 if check["verified"]:
-                    gen = extend_active_set(previous, frame, gen_dir, campaign.fit, check)
+                    gen = derive_generation(previous, gen_dir, frame, campaign.fit, check)
             if gen is None:
                 gen = fit_generation(layout.dataset, campaign.fit, campaign.elements, layout.generations,
                                      previous=previous, warm_start=campaign.fit.upfit, index=generation)
@@ -375,24 +375,6 @@ def _fitted_on(gen) -> set[str] | None:
         return set(pd.read_pickle(gen.dir / DATA_FILE, compression="gzip")["structure_hash"])
     except (OSError, KeyError, ValueError, EOFError):
         return None
-
-
-def _reuse_generation(previous, gen_dir: Path):
-    """gen_dir as a copy of ``previous`` (same potential files and metrics, its own index)."""
-    import shutil
-
-    from autopipec_fw.training.fit import GENERATION_JSON, Generation
-
-    tmp = gen_dir.with_name(f"{gen_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(previous.dir, tmp)
-    d = json.loads((tmp / GENERATION_JSON).read_text())
-    d["index"] = int(gen_dir.name.split("_")[1])
-    d["metrics"] = {**d.get("metrics", {}), "generation": d["index"], "reused_from": previous.index,
-                    "seconds": 0.0}
-    _atomic_write_text(tmp / GENERATION_JSON, json.dumps(d, indent=2, default=str))
-    os.rename(tmp, gen_dir)
-    return Generation.load(gen_dir)
 
 
 def akmc(layout: CampaignLayout, iteration: int) -> dict[str, Any]:

@@ -578,10 +578,13 @@ def verify_new_labels(previous: Generation, new: pd.DataFrame, tolerance: float)
     return out
 
 
-def extend_active_set(previous: Generation, frame: pd.DataFrame, final: Path, settings: FitSettings,
-                      verification: Mapping[str, Any]) -> Generation:
-    """`final` as `previous`'s potential (same yaml/yace) with its active set rebuilt over `frame` (the grown
-    training set): what the oracle verified counts as known. Written in a partial folder, renamed at the end."""
+def derive_generation(previous: Generation, final: Path, frame: pd.DataFrame | None = None,
+                      settings: FitSettings | None = None, verification: Mapping[str, Any] | None = None
+                      ) -> Generation:
+    """`final` as `previous`'s potential (same yaml/yace), no refit. Without `frame` (the training set did not
+    grow) a plain copy with its own index; with `frame` (the grown training set, whose new labels the oracle
+    verified) its active set is rebuilt over `frame`: what the oracle verified counts as known. Written in a
+    partial folder, renamed at the end."""
     final = Path(final)
     index = int(final.name.split("_")[1])
     t0 = time.monotonic()
@@ -591,29 +594,33 @@ def extend_active_set(previous: Generation, frame: pd.DataFrame, final: Path, se
             raise FitError(f"{final}: exists; nothing is overwritten")
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(previous.dir, work)
-        (work / POTENTIAL_ASI).unlink(missing_ok=True)
-        write_frame(frame, work / DATA_FILE)
-        try:
-            run_tool([tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML], work,
-                     settings.tf_threads, "tools.out")
-            if not (work / POTENTIAL_ASI).is_file():
-                raise FitError(f"{work}: {POTENTIAL_ASI} was not produced; see {work / 'tools.out'}")
-        except BaseException:
-            log.error("%s: active set not rebuilt; its folder is kept as %s", final.name,
-                      _set_aside(work, final.parent))
-            raise
-        metrics = {
-            **(previous.metrics or {}), "generation": index, "reused_from": previous.index, "previous": previous.index,
-            "active_set_extended": True, "verification": dict(verification), "quality_check": None,
-            "n_structures": len(frame), "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
-            "seconds": round(time.monotonic() - t0, 1),
-        }
+        metrics: dict[str, Any] = {**(previous.metrics or {}), "generation": index, "reused_from": previous.index}
+        if frame is not None:
+            (work / POTENTIAL_ASI).unlink(missing_ok=True)
+            write_frame(frame, work / DATA_FILE)
+            try:
+                run_tool([tool_path("pace_activeset"), "-d", DATA_FILE, "-a", POTENTIAL_YAML], work,
+                         (settings or FitSettings()).tf_threads, "tools.out")
+                if not (work / POTENTIAL_ASI).is_file():
+                    raise FitError(f"{work}: {POTENTIAL_ASI} was not produced; see {work / 'tools.out'}")
+            except BaseException:
+                log.error("%s: active set not rebuilt; its folder is kept as %s", final.name,
+                          _set_aside(work, final.parent))
+                raise
+            metrics.update({
+                "previous": previous.index, "active_set_extended": True, "verification": dict(verification or {}),
+                "quality_check": None, "n_structures": len(frame),
+                "n_atoms": int(sum(len(a) for a in frame["ase_atoms"])),
+            })
+        metrics["seconds"] = round(time.monotonic() - t0, 1)
         gen = Generation(index=index, dir=final, yaml=final / POTENTIAL_YAML, yace=final / POTENTIAL_YACE,
                          asi=final / POTENTIAL_ASI, metrics=metrics)
         atomic_write_text(work / GENERATION_JSON, json.dumps(gen.to_dict(), indent=2, default=str))
         os.rename(work, final)
-    log.info("%s: %s predicts the %d new labels within tolerance (energy %.2f <= %.2f meV/atom, forces %.1f <= "
-             "%.1f meV/Å): no refit, active set rebuilt over %d structures in %.0f s", final.name, previous.name,
-             verification["n_new"], verification["energy_rmse"], verification["limit_energy_rmse"],
-             verification["force_rmse"], verification["limit_force_rmse"], len(frame), metrics["seconds"])
+    if frame is not None and verification:
+        log.info("%s: %s predicts the %d new labels within tolerance (energy %.2f <= %.2f meV/atom, forces %.1f <= "
+                 "%.1f meV/Å): no refit, active set rebuilt over %d structures in %.0f s", final.name,
+                 previous.name, verification["n_new"], verification["energy_rmse"],
+                 verification["limit_energy_rmse"], verification["force_rmse"], verification["limit_force_rmse"],
+                 len(frame), metrics["seconds"])
     return gen

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from autopipec_fw.config import FitSettings
-from autopipec_fw.training.fit import Generation, extend_active_set, verify_new_labels
+from autopipec_fw.training.fit import Generation, derive_generation, verify_new_labels
 
 
 def test_verified_labels_keep_the_potential_and_extend_its_active_set(cu_bulk_potential, tmp_path) -> None:
@@ -23,7 +23,7 @@ def test_verified_labels_keep_the_potential_and_extend_its_active_set(cu_bulk_po
 
     root = tmp_path / "generations"
     root.mkdir()
-    out = extend_active_set(gen, frame, root / "gen_001", FitSettings(), ok)
+    out = derive_generation(gen, root / "gen_001", frame, FitSettings(), ok)
     assert out.asi.is_file() and out.yace.read_bytes() == gen.yace.read_bytes()
     assert out.metrics["reused_from"] == gen.index and out.metrics["active_set_extended"]
     assert Generation.load(root / "gen_001").metrics["verification"]["verified"]
