@@ -36,6 +36,7 @@ from ase import Atoms
 from autopipec_fw.config import Campaign, OracleSettings
 from autopipec_fw.eon.io import ProcessRecord, read_con, read_processes, run_temperature
 from autopipec_fw.production.kinetics import MOVED, displacements, group_processes, split_transitions
+from autopipec_fw.training.errors import error_figures
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +361,9 @@ def _holdout_errors(
             gammas.append(float(np.max(g)))
         e_ref.append(ref_e)
         f_ref.append(ref_f)
+    fig = error_figures(np.array(e_pred) - np.array(e_ref),
+                        [np.asarray(fp) - np.asarray(fr) for fp, fr in zip(f_pred, f_ref, strict=True)])
     de = 1000.0 * (np.array(e_pred) - np.array(e_ref))
-    df = 1000.0 * (np.concatenate(f_pred) - np.concatenate(f_ref)).ravel()
     per_structure = [
         {"index": i, "energy_error": float(de[i]),
          "force_rmse": float(1000.0 * np.sqrt(np.mean((np.asarray(fp) - np.asarray(fr)) ** 2)))}
@@ -369,10 +371,7 @@ def _holdout_errors(
     ]
     return {
         "per_structure": per_structure,
-        "energy_rmse": float(np.sqrt(np.mean(de**2))),
-        "energy_mae": float(np.mean(np.abs(de))),
-        "force_rmse": float(np.sqrt(np.mean(df**2))),
-        "force_mae": float(np.mean(np.abs(df))),
+        **fig,
         "max_gamma": max(gammas) if gammas else None,
         "parity": {
             "energy_ref": [float(x) for x in e_ref],

@@ -28,6 +28,7 @@ import yaml
 
 from autopipec_fw.config import FitSettings
 from autopipec_fw.training.dataset import TrainingSet, write_frame
+from autopipec_fw.training.errors import error_figures, prediction_errors
 from autopipec_fw.training.locking import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
@@ -225,23 +226,8 @@ def _rmse_from_predictions(path: Path) -> dict[str, float] | None:
     """Energy RMSE per atom (meV/atom) and force RMSE (meV/Å) from pacemaker's *_pred.pckl.gzip."""
     if not path.exists():
         return None
-    df = pd.read_pickle(path, compression="gzip")
-    if len(df) == 0:
-        return None
-    nat = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float) if "NUMBER_OF_ATOMS" in df else df["ase_atoms"].map(len)
-    de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)) / nat
-    df_f = np.concatenate(
-        [
-            np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
-            for p, r in zip(df["forces_pred"], df["forces"], strict=True)
-        ]
-    )
-    return {
-        "energy_rmse": float(np.sqrt(np.mean(de**2)) * 1000.0),
-        "force_rmse": float(np.sqrt(np.mean(df_f**2)) * 1000.0),
-        "n_structures": len(df),
-        "n_atoms": int(np.sum(nat)),
-    }
+    out = prediction_errors(pd.read_pickle(path, compression="gzip"))
+    return None if out is None else {k: out[k] for k in ("energy_rmse", "force_rmse", "n_structures", "n_atoms")}
 
 
 def read_metrics(gen_dir: Path) -> dict[str, Any]:
@@ -492,12 +478,9 @@ def _shared_errors(gen_dir: Path, hashes: set[str]) -> dict[str, float]:
     df = df[df["structure_hash"].isin(hashes)]
     if len(df) == 0:
         return {"energy_rmse": float("nan"), "force_rmse": float("nan"), "n_structures": 0}
-    nat = df["NUMBER_OF_ATOMS"].to_numpy(dtype=float)
-    de = (df["energy_pred"].to_numpy(dtype=float) - df["energy_corrected"].to_numpy(dtype=float)) / nat
-    df_f = np.concatenate([np.asarray(p, dtype=float).reshape(-1, 3) - np.asarray(r, dtype=float).reshape(-1, 3)
-                           for p, r in zip(df["forces_pred"], df["forces"], strict=True)])
-    return {"energy_rmse": float(np.sqrt(np.mean(de**2)) * 1000.0),
-            "force_rmse": float(np.sqrt(np.mean(df_f**2)) * 1000.0), "n_structures": int(len(df))}
+    out = prediction_errors(df)
+    assert out is not None
+    return {"energy_rmse": out["energy_rmse"], "force_rmse": out["force_rmse"], "n_structures": out["n_structures"]}
 
 
 def _score(errors: dict[str, Any], ref: dict[str, Any]) -> float:
@@ -552,11 +535,8 @@ def errors_on(generation: Generation, frame: pd.DataFrame) -> dict[str, float] |
         probe.calc = calc
         de.append((probe.get_potential_energy() - float(e_ref)) / len(at))
         dfs.append(probe.get_forces() - np.asarray(f_ref, dtype=float).reshape(-1, 3))
-    return {
-        "energy_rmse": float(np.sqrt(np.mean(np.square(de))) * 1000.0),
-        "force_rmse": float(np.sqrt(np.mean(np.square(np.concatenate(dfs)))) * 1000.0),
-        "n_structures": len(frame),
-    }
+    fig = error_figures(de, dfs)
+    return {"energy_rmse": fig["energy_rmse"], "force_rmse": fig["force_rmse"], "n_structures": len(frame)}
 
 
 def verify_new_labels(previous: Generation, new: pd.DataFrame, tolerance: float) -> dict[str, Any]:
