@@ -475,11 +475,9 @@ def _shared_errors(gen_dir: Path, hashes: set[str]) -> dict[str, float]:
     df = _predictions(gen_dir)
     if df is None:
         return {"energy_rmse": float("nan"), "force_rmse": float("nan"), "n_structures": 0}
-    df = df[df["structure_hash"].isin(hashes)]
-    if len(df) == 0:
+    out = prediction_errors(df[df["structure_hash"].isin(hashes)])
+    if out is None:
         return {"energy_rmse": float("nan"), "force_rmse": float("nan"), "n_structures": 0}
-    out = prediction_errors(df)
-    assert out is not None
     return {"energy_rmse": out["energy_rmse"], "force_rmse": out["force_rmse"], "n_structures": out["n_structures"]}
 
 
